@@ -1,0 +1,9 @@
+"""companion: tested PyTorch solvers for fast diffusion-model sampling.
+
+See the book (``make book``) for the derivations; the public API is documented in README.md.
+"""
+
+from . import repro, schedules
+
+__version__ = "0.1.0"
+__all__ = ["schedules", "repro", "__version__"]
