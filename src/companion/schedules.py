@@ -278,17 +278,21 @@ class VPDiscrete(Schedule):
         return {"N": self.N}
 
     @staticmethod
-    def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    def _segment(x: Tensor, xp: Tensor) -> Tensor:
+        """Index i of the segment [xp[i], xp[i+1]] used for x (end segments extend outwards)."""
+        return torch.clamp(torch.searchsorted(xp, x.detach().contiguous()) - 1, 0, xp.numel() - 2)
+
+    @classmethod
+    def _interp(cls, x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
         """Piecewise-linear interpolation, linear extrapolation outside [xp[0], xp[-1]]."""
         xp, fp = xp.to(x.device, x.dtype), fp.to(x.device, x.dtype)
-        idx = torch.clamp(torch.searchsorted(xp, x.detach().contiguous()) - 1, 0, xp.numel() - 2)
-        x0, x1, f0, f1 = xp[idx], xp[idx + 1], fp[idx], fp[idx + 1]
-        return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
+        i = cls._segment(x, xp)
+        return fp[i] + (x - xp[i]) * (fp[i + 1] - fp[i]) / (xp[i + 1] - xp[i])
 
     def _slope(self, t: Tensor) -> Tensor:
         xp, fp = self._knots_t.to(t.device, t.dtype), self._knots_la.to(t.device, t.dtype)
-        idx = torch.clamp(torch.searchsorted(xp, t.detach().contiguous(), right=True) - 1, 0, xp.numel() - 2)
-        return (fp[idx + 1] - fp[idx]) / (xp[idx + 1] - xp[idx])
+        i = self._segment(t, xp)
+        return (fp[i + 1] - fp[i]) / (xp[i + 1] - xp[i])
 
     def log_alpha(self, t):
         t = _as_tensor(t)
