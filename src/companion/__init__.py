@@ -3,7 +3,7 @@
 See the book (``make book``) for the derivations; the public API is documented in README.md.
 """
 
-from . import repro, schedules
+from . import book, repro, schedules
 
 __version__ = "0.1.0"
-__all__ = ["schedules", "repro", "__version__"]
+__all__ = ["book", "schedules", "repro", "__version__"]
