@@ -229,7 +229,9 @@ class VPCosine(Schedule):
     def t_of_lambda(self, lam):
         lam = _as_tensor(lam)
         log_alpha = -0.5 * torch.nn.functional.softplus(-2.0 * lam)
-        return 2.0 * (1.0 + self.s) / math.pi * torch.arccos(torch.exp(log_alpha + self._log_alpha_0)) - self.s
+        return (
+            2.0 * (1.0 + self.s) / math.pi * torch.arccos(torch.exp(log_alpha + self._log_alpha_0)) - self.s
+        )
 
 
 class VPDiscrete(Schedule):

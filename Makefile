@@ -1,0 +1,46 @@
+# The two commands of the README: `make book` and `make test`. Both set themselves up from scratch.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.companion-installed
+
+.PHONY: book test setup models lint lock clean
+
+# A fresh venv, the locked book stack, and the package (editable). Redone when the lock or pyproject change.
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+setup: $(STAMP)
+
+# Executes every chapter (papermill; only those whose source, package or lock changed), writes the
+# run-times and reproduction-report pages, and renders the HTML with jupyter-book (warnings are errors).
+book: $(STAMP)
+	$(PY) scripts/build_book.py
+
+# Package tests and every chapter executed in quick mode under nbval (lax: the checks are asserts).
+test: $(STAMP)
+	$(PY) scripts/prepare_nbval.py build/nbval
+	COMPANION_QUICK=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest tests build/nbval \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
+
+models: $(STAMP)
+	$(PY) -m companion.train all --out models
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+
+# Re-pin the book environment from the current venv (after a deliberate upgrade).
+lock: $(STAMP)
+	{ echo "# The book's pinned environment (Python 3.11, CPU). Regenerate with: make lock"; \
+	  echo "# torch==2.13.0 resolves to the CPU wheel here; on CUDA machines pip picks the matching build."; \
+	  $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > requirements.lock
+
+clean:
+	rm -rf _build build book/chapters book/runtimes.md book/report.md
