@@ -31,6 +31,7 @@ CLAIMS = BUILD / "claims"
 DEVICES = BUILD / "devices"
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import status_table  # noqa: E402
 from bookpages import write_report, write_runtimes  # noqa: E402
 
 
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_runtimes(ROOT / "book" / "runtimes.md", CHAPTERS, DEVICES)
     write_report(ROOT / "book" / "report.md", CLAIMS, ROOT / "book" / "expected_nonreproductions.json")
+    status_table.main([])
     if args.no_html:
         return 0
     html = ROOT / "_build" / "html"

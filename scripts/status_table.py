@@ -1,0 +1,85 @@
+"""The README's status table: seed paper -> chapter -> solver -> claims, with each claim's verdict.
+
+Built from book/papers.yml (what the book covers) and the claims ledger build/claims/*.json (what the
+last executed chapters measured). `make book` rewrites the table between the README's markers;
+`python scripts/status_table.py --check` fails when the committed table is out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- status:begin -->", "<!-- status:end -->"
+MARK = {True: "✅", False: "❌", None: "➖"}
+
+
+def load_papers(path: Path = ROOT / "book" / "papers.yml") -> list[dict]:
+    return yaml.safe_load(path.read_text())["papers"]
+
+
+def load_verdicts(claims_dir: Path = ROOT / "build" / "claims") -> dict[str, bool | None]:
+    out: dict[str, bool | None] = {}
+    for f in sorted(claims_dir.glob("*.json")):
+        for c in json.loads(f.read_text()):
+            out[c["id"]] = c["holds"]
+    return out
+
+
+def render(papers: list[dict], verdicts: dict[str, bool | None]) -> str:
+    lines = [
+        "| paper | part | chapter | solver in `companion` | claims checked (✅ reproduced, ❌ not, ➖ not at our scale) |",
+        "|---|---|---|---|---|",
+    ]
+    for p in papers:
+        title = f"[{p['title']}](https://arxiv.org/abs/{p['arxiv']})"
+        chapter = f"`{p['chapter']}`" if p.get("chapter") else "planned"
+        solver = p.get("solver") or "—"
+        claims = " ".join(f"{MARK.get(verdicts.get(c), '⏳')} `{c}`" for c in p.get("claims", [])) or "—"
+        lines.append(f"| {title} | {p['part']} | {chapter} | {solver} | {claims} |")
+    covered = sum(1 for p in papers if p.get("chapter"))
+    lines += [
+        "",
+        f"{covered} of {len(papers)} seed papers have a chapter so far; ⏳ marks a claim not yet executed.",
+    ]
+    return "\n".join(lines)
+
+
+def splice(readme: str, table: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise ValueError(f"README.md must contain the markers {BEGIN} and {END}")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="fail if README.md's table is out of date")
+    args = ap.parse_args(argv)
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text()
+    new = splice(readme, render(load_papers(), load_verdicts()))
+    if args.check:
+        if new != readme:
+            print("README.md's status table is out of date: run `make book`")
+            return 1
+        return 0
+    if new != readme:
+        fd, tmp = tempfile.mkstemp(dir=ROOT, prefix=".README.")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new)
+        os.replace(tmp, readme_path)
+        print("[book] README.md status table updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
