@@ -351,7 +351,7 @@ class GaussianMixture:
 
     # --- the exact model and flow map --------------------------------------------------------
     def model(self, schedule: Schedule, prediction: str = "eps") -> Callable[[Tensor, Tensor], Tensor]:
-        """A callable ``(x, t) -> prediction`` (``eps``, ``x0`` or ``score``): the exact, perfectly trained network.
+        """``(x, t) -> prediction`` (``eps``, ``x0`` or ``score``): the exact, perfectly trained network.
 
         ``x`` has shape (B, ...) with prod(...) = d; ``t`` is 0-d or (B,). The callable does not validate
         ``t`` (no host sync inside sampling loops); check times at the solver's entry point.
@@ -371,7 +371,8 @@ class GaussianMixture:
 
         In the eigenbasis of C, z = U^T (x - alpha mu) obeys dz/dt = (f + g^2 / (2 v)) z = (v'/(2v)) z with
         v = alpha^2 c + sigma^2 (use f = alpha'/alpha and g^2 = (sigma^2)' - 2 f sigma^2), hence
-        z_t = sqrt(v_t / v_s) z_s componentwise. Point masses (c = 0) give the DDIM map z_t = (sigma_t/sigma_s) z_s.
+        z_t = sqrt(v_t / v_s) z_s componentwise.
+        Point masses (c = 0) give the DDIM map z_t = (sigma_t / sigma_s) z_s.
         """
         if self.n_components != 1:
             raise ValueError(
