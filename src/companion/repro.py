@@ -26,15 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "chapter",
-    "record",
-    "load_claims",
-    "expected_nonreproductions",
-    "ClaimFailed",
-    "glue",
-    "claims_dir",
-]
+__all__ = ["chapter", "record", "load_claims", "expected_nonreproductions", "ClaimFailed", "glue", "claims_dir"]
 
 KEYS = ("id", "paper", "measured", "holds", "note", "chapter")
 
@@ -147,9 +139,7 @@ def record(
     if not isinstance(note, str):
         raise TypeError(f"note must be a string; got {type(note).__name__}")
     if holds is None and not note.strip():
-        raise ValueError(
-            f"claim {id!r}: holds=None (not reproducible at this scale) needs the reason in note"
-        )
+        raise ValueError(f"claim {id!r}: holds=None (not reproducible at this scale) needs the reason in note")
     claim = {
         "id": id,
         "paper": paper,
