@@ -54,9 +54,15 @@ def _companion_solver(model, x, schedule, prediction, times):
 
     if hasattr(companion, "sample"):
         return companion.sample(
-            model, x, schedule=schedule, prediction=prediction, solver="dpmsolver++", order=2,
-            method="multistep", timesteps=times,
-        )  # fmt: skip
+            model,
+            x,
+            schedule=schedule,
+            prediction=prediction,
+            solver="dpmsolver++",
+            order=2,
+            method="multistep",
+            timesteps=times,
+        )
     return dpmsolverpp_2m(model, x, schedule, prediction, times)
 
 
@@ -74,7 +80,9 @@ def test_schedule_matches_scheduler_at_integer_timesteps(beta_schedule):
     torch.testing.assert_close(sched.discrete_timestep(t), n.double(), rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize(("prediction_type", "expected"), [("epsilon", "eps"), ("v_prediction", "v"), ("sample", "x0")])
+@pytest.mark.parametrize(
+    ("prediction_type", "expected"), [("epsilon", "eps"), ("v_prediction", "v"), ("sample", "x0")]
+)
 def test_prediction_from_config(prediction_type, expected):
     assert db.prediction_from_config(_scheduler(prediction_type)) == expected
     assert db.prediction_from_config({"prediction_type": prediction_type}) == expected

@@ -25,7 +25,9 @@ CLASSIFIER = "digits-classifier"
 def frechet_distance(feat_a: Tensor, feat_b: Tensor) -> float:
     """Frechet distance between Gaussians fitted to two feature sets of shape (N, d), in float64."""
     if feat_a.ndim != 2 or feat_b.ndim != 2 or feat_a.shape[1] != feat_b.shape[1]:
-        raise ValueError(f"features must be (N, d) with equal d; got {tuple(feat_a.shape)}, {tuple(feat_b.shape)}")
+        raise ValueError(
+            f"features must be (N, d) with equal d; got {tuple(feat_a.shape)}, {tuple(feat_b.shape)}"
+        )
     if min(feat_a.shape[0], feat_b.shape[0]) < 2:
         raise ValueError("each feature set needs at least 2 rows to estimate a covariance")
     a, b = feat_a.double(), feat_b.double()

@@ -61,7 +61,9 @@ class Recipe:
 _MLP = {"dim": 2, "hidden": 128, "depth": 3}
 _UNET = {"ch": 32, "emb": 128, "num_classes": 10}
 RECIPES: dict[str, Recipe] = {
-    "digits-classifier": Recipe("classifier", "DigitsClassifier", {"ch": 32, "feat": 64}, prediction=None, steps=1000),
+    "digits-classifier": Recipe(
+        "classifier", "DigitsClassifier", {"ch": 32, "feat": 64}, prediction=None, steps=1000
+    ),
     "digits-unet-eps": Recipe("digits", "DigitsUNet", _UNET, prediction="eps"),
     "digits-unet-v": Recipe("digits", "DigitsUNet", _UNET, prediction="v"),
     "moons-mlp-eps": Recipe("toy", "MLPScore", _MLP, data="moons", steps=4000, batch=512),
@@ -91,7 +93,9 @@ def _batch_sampler(recipe: Recipe, g: torch.Generator) -> Callable[[], tuple[Ten
     return draw
 
 
-def _diffusion_loss(net: nn.Module, x0: Tensor, y: Tensor | None, recipe: Recipe, g: torch.Generator) -> Tensor:
+def _diffusion_loss(
+    net: nn.Module, x0: Tensor, y: Tensor | None, recipe: Recipe, g: torch.Generator
+) -> Tensor:
     sched = VPLinear(**SCHEDULE["params"])
     b = x0.shape[0]
     t = T_EPS + (1 - T_EPS) * torch.rand(b, generator=g, dtype=torch.float64)
@@ -194,8 +198,14 @@ def _quality(name: str, net: nn.Module, recipe: Recipe, out: str | Path | None) 
     solver = f"DPM-Solver++(2M), {recipe.eval_steps} steps, log-SNR grid, t from 1 to {T_EPS}"
     model = io.Model(net, {"name": name})
     if recipe.task == "toy":
-        gen = sample(lambda x, t: model(x, t), torch.randn(n, 2, generator=g), sched, recipe.prediction,
-                     recipe.eval_steps, T_EPS)  # fmt: skip
+        gen = sample(
+            lambda x, t: model(x, t),
+            torch.randn(n, 2, generator=g),
+            sched,
+            recipe.prediction,
+            recipe.eval_steps,
+            T_EPS,
+        )
         real_a, real_b = data.sample_toy(recipe.data, n, g), data.sample_toy(recipe.data, n, g)
         return {
             "solver": solver,
@@ -215,12 +225,18 @@ def _quality(name: str, net: nn.Module, recipe: Recipe, out: str | Path | None) 
         "n": n,
         "reference": f"{test_x.shape[0]} held-out digits",
         "fd_train_vs_test": dm.digits_fd(train_x, test_x, clf),
-        "unconditional": {"fd": dm.digits_fd(sample(model.cond(None), x_t, sched, recipe.prediction,
-                                                    recipe.eval_steps, T_EPS), test_x, clf)},  # fmt: skip
+        "unconditional": {
+            "fd": dm.digits_fd(
+                sample(model.cond(None), x_t, sched, recipe.prediction, recipe.eval_steps, T_EPS), test_x, clf
+            )
+        },
     }
     for w in (1.0, 2.0, 4.0):
         xs = sample(model.cond(labels, guidance=w), x_t, sched, recipe.prediction, recipe.eval_steps, T_EPS)
-        q[f"guidance_{w:g}"] = {"fd": dm.digits_fd(xs, test_x, clf), "accuracy": dm.class_accuracy(xs, labels, clf)}
+        q[f"guidance_{w:g}"] = {
+            "fd": dm.digits_fd(xs, test_x, clf),
+            "accuracy": dm.class_accuracy(xs, labels, clf),
+        }
     return q
 
 
@@ -228,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m companion.train", description=__doc__.splitlines()[0])
     p.add_argument("recipe", nargs="*", help=f"recipe names or 'all' (in order: {', '.join(RECIPES)})")
     p.add_argument("--out", default=None, help="output directory (default: the repository's models/)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (weights depend on it; default 1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (weights depend on it; default 1)"
+    )
     p.add_argument("--steps", type=int, default=None, help="override the recipe's step count (smoke runs)")
     p.add_argument("--no-eval", action="store_true", help="skip the quality figures")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
@@ -245,8 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     for n in names:
         r = RECIPES[n] if args.steps is None else replace(RECIPES[n], steps=args.steps)
         card = train(n, r, args.out, evaluate=not args.no_eval)
-        print(f"{n}: {card['file']} sha256={card['sha256'][:16]} loss={card['final_loss']:.4f} "
-              f"time={card['train_seconds']}s quality={card.get('quality')}")  # fmt: skip
+        print(
+            f"{n}: {card['file']} sha256={card['sha256'][:16]} loss={card['final_loss']:.4f} "
+            f"time={card['train_seconds']}s quality={card.get('quality')}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 def _config(scheduler: Any) -> Mapping[str, Any]:
     cfg = getattr(scheduler, "config", scheduler)
     if not isinstance(cfg, Mapping):
-        raise TypeError(f"scheduler must be a diffusers scheduler or its config mapping; got {type(scheduler).__name__}")
+        raise TypeError(
+            f"scheduler must be a diffusers scheduler or its config mapping; got {type(scheduler).__name__}"
+        )
     return cfg
 
 
@@ -61,7 +63,14 @@ def schedule_from_scheduler(scheduler: Any) -> VPDiscrete:
         from diffusers import DDPMScheduler
 
         cfg = dict(_config(scheduler))
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+        keys = (
+            "num_train_timesteps",
+            "beta_start",
+            "beta_end",
+            "beta_schedule",
+            "trained_betas",
+            "prediction_type",
+        )
         ac = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg}).alphas_cumprod
     return VPDiscrete(alphas_cumprod=torch.as_tensor(ac).to(torch.float64))
 
@@ -84,7 +93,9 @@ class DiffusersModel(nn.Module):
     on to class-conditional UNets. Channels beyond the input's (learned variance) are dropped.
     """
 
-    def __init__(self, unet: nn.Module, schedule: VPDiscrete, prediction: str, class_labels: Tensor | None = None):
+    def __init__(
+        self, unet: nn.Module, schedule: VPDiscrete, prediction: str, class_labels: Tensor | None = None
+    ):
         super().__init__()
         if prediction not in _PREDICTIONS.values():
             raise ValueError(f"prediction must be one of {sorted(_PREDICTIONS.values())}; got {prediction!r}")
@@ -105,7 +116,9 @@ class DiffusersModel(nn.Module):
 
 def wrap(unet: nn.Module, scheduler: Any, class_labels: Tensor | None = None) -> DiffusersModel:
     """Wrap ``unet`` with the schedule and prediction type of ``scheduler`` (a scheduler or its config)."""
-    return DiffusersModel(unet, schedule_from_scheduler(scheduler), prediction_from_config(scheduler), class_labels)
+    return DiffusersModel(
+        unet, schedule_from_scheduler(scheduler), prediction_from_config(scheduler), class_labels
+    )
 
 
 def from_pretrained(

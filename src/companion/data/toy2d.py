@@ -34,7 +34,9 @@ def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0
     return (pts + noise * 2.0 * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
 
 
-def eight_gaussians(n: int, generator: torch.Generator | None = None, radius: float = 2.0, std: float = 0.1) -> Tensor:
+def eight_gaussians(
+    n: int, generator: torch.Generator | None = None, radius: float = 2.0, std: float = 0.1
+) -> Tensor:
     """Eight equally weighted Gaussians with std ``std`` on a circle of radius ``radius``."""
     g = _check(n, generator)
     k = torch.randint(0, 8, (n,), generator=g).to(torch.float64)

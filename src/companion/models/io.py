@@ -88,7 +88,9 @@ def _read_weights(w_path: Path, card: dict[str, Any], name: str) -> dict[str, Te
     from safetensors.torch import load_file
 
     if not w_path.is_file():
-        raise WeightsError(f"weights file {w_path} not found; retrain with `python -m companion.train {name}`")
+        raise WeightsError(
+            f"weights file {w_path} not found; retrain with `python -m companion.train {name}`"
+        )
     digest = sha256(w_path)
     if digest != card["sha256"]:
         raise WeightsError(

@@ -60,13 +60,24 @@ def dpmsolverpp_2m(fn: Fn, x: Tensor, schedule: Schedule, prediction: str, times
     return x
 
 
-def sample(fn: Fn, x: Tensor, schedule: Schedule, prediction: str, steps: int = 25, t_end: float = 1e-3) -> Tensor:
+def sample(
+    fn: Fn, x: Tensor, schedule: Schedule, prediction: str, steps: int = 25, t_end: float = 1e-3
+) -> Tensor:
     """Sample ``fn`` from ``x`` at t = 1 with DPM-Solver++(2M), ``steps`` steps on a log-SNR grid."""
     import companion
 
     if hasattr(companion, "sample"):
         return companion.sample(
-            fn, x, schedule=schedule, prediction=prediction, solver="dpmsolver++", order=2,
-            method="multistep", steps=steps, grid="logsnr", t_start=1.0, t_end=t_end,
-        )  # fmt: skip
+            fn,
+            x,
+            schedule=schedule,
+            prediction=prediction,
+            solver="dpmsolver++",
+            order=2,
+            method="multistep",
+            steps=steps,
+            grid="logsnr",
+            t_start=1.0,
+            t_end=t_end,
+        )
     return dpmsolverpp_2m(fn, x, schedule, prediction, logsnr_grid(schedule, steps, 1.0, t_end))
