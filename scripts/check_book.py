@@ -45,8 +45,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 COLAB = "https://colab.research.google.com/github/"
-# Text that is TeX MathJax never typeset: display/inline delimiters and environments left in the prose.
-RAW_TEX = re.compile(r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{")
+# Text that is TeX MathJax never typeset: display/inline delimiters and environments left in the prose,
+# and `$...$` holding a TeX command or ^ _ { } (plain dollar amounts in prose do not match).
+RAW_TEX = re.compile(
+    r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|\$(?=[^\s$])[^$\n]*?(?:\\[a-zA-Z]+|[\^_{}])[^$\n]*?(?<=[^\s$])\$"
+)
 TIMEOUT_MS = 30_000
 
 
@@ -187,7 +190,7 @@ def resolve_internal(root: Path, base_url: str, url: str) -> str | None:
     return None
 
 
-_READY_JS = """async () => {
+_READY_JS = r"""async () => {
   const imgs = Array.from(document.images);
   await Promise.all(imgs.map(img => {
     img.loading = 'eager';  // lazy images below the fold must load too
@@ -204,7 +207,7 @@ _READY_JS = """async () => {
   await document.fonts.ready;
 }"""
 
-_INSPECT_JS = """() => {
+_INSPECT_JS = r"""() => {
   const images = Array.from(document.images).map(img => ({
     src: img.getAttribute('src') || '', ok: img.complete && img.naturalWidth > 0}));
   const sources = Array.from(document.querySelectorAll('.math'));
@@ -212,6 +215,11 @@ _INSPECT_JS = """() => {
     .map(e => e.textContent.trim().slice(0, 60));
   const texErrors = Array.from(document.querySelectorAll('mjx-merror'))
     .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 80));
+  // `$$a$$` inside a paragraph is parsed by MyST as `$` + inline math + `$`: stray dollars at the edges
+  const stray = sources.filter(e =>
+      (e.previousSibling && e.previousSibling.nodeType === 3 && /\$\s*$/.test(e.previousSibling.nodeValue)) ||
+      (e.nextSibling && e.nextSibling.nodeType === 3 && /^\s*\$/.test(e.nextSibling.nodeValue)))
+    .map(e => e.textContent.trim().slice(0, 60));
   const skip = 'script,style,pre,code,textarea,kbd,samp,mjx-container,.highlight';
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   const texts = [];
@@ -223,7 +231,7 @@ _INSPECT_JS = """() => {
       'a[href], link[href][rel~="next"], link[href][rel~="prev"], link[href][rel~="index"], link[href][rel~="search"]'))
     .map(a => ({raw: a.getAttribute('href'), abs: a.href}));
   return {images, math: sources.length, rendered: document.querySelectorAll('mjx-container').length,
-          unrendered, texErrors, texts, links};
+          unrendered, stray, texErrors, texts, links};
 }"""
 
 
@@ -316,6 +324,7 @@ def check_page(browser, base_url: str, root: Path, rel: str, repo: Repo | None =
     rep.math = info["math"]
     rep.problems += [f"math not typeset: {t!r}" for t in info["unrendered"]]
     rep.problems += [f"TeX error: {t!r}" for t in info["texErrors"]]
+    rep.problems += [f"stray $ next to typeset math (inline $$...$$?): {t!r}" for t in info["stray"]]
     for text in info["texts"]:
         m = RAW_TEX.search(text)
         if m:
@@ -337,7 +346,7 @@ def check_page(browser, base_url: str, root: Path, rel: str, repo: Repo | None =
     return rep
 
 
-_SEARCH_DONE_JS = """() => {
+_SEARCH_DONE_JS = r"""() => {
   const box = document.getElementById('search-results');
   return box !== null && /Search finished|did not match/.test(box.textContent);
 }"""
