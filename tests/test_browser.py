@@ -1,0 +1,231 @@
+"""The built book as a reader sees it: every page in headless Chromium, served on 127.0.0.1, no network.
+
+`make test` builds the book (quick mode) into _build/html first. The checks live in
+scripts/check_book.py; here they run over every page, and over copies of the book broken on purpose
+(a missing figure, raw TeX, a dead link and anchor, a CDN script, a wrong Colab link, MathJax removed)
+to show that each check fails when it should. Without Chromium (a developer machine) these tests skip
+and say why; with CI=true they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import check_book as cb  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+BOOK = cb.HTML
+PAGES = cb.html_pages(BOOK) if (BOOK / "index.html").is_file() else []
+KNOWN_WORD = "solver"  # in the intro's first paragraph
+
+
+def _cannot_run(reason: str) -> None:
+    """Skip with the reason on a developer machine; fail under CI, which must run these tests."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI must run the browser tests, but {reason}")
+    pytest.skip(f"browser tests skipped: {reason}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    why = cb.browser_unavailable()
+    if why:
+        _cannot_run(why)
+    with cb.chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def book():
+    if not PAGES:
+        _cannot_run(f"no built book in {BOOK} (`make test` builds it with scripts/build_book.py --quick)")
+    with cb.serve(BOOK) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def timing(request):
+    """Prints the pages checked and the wall time of the page checks at the end of the module."""
+    log: list[tuple[str, float]] = []
+    t0 = time.perf_counter()
+    yield log
+    if log:
+        tr = request.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"browser checks: {len(log)} pages in {time.perf_counter() - t0:.1f} s"]
+        lines += [f"  {page:40s} {sec:5.1f} s" for page, sec in log]
+        if tr is not None:
+            tr.write_line("\n" + "\n".join(lines))
+
+
+def _report(rep: cb.PageReport) -> str:
+    return f"{rep.path} ({rep.final_url}):\n  " + "\n  ".join(rep.problems)
+
+
+def test_the_book_is_built_with_a_page_for_every_toc_entry():
+    if not PAGES:
+        _cannot_run(f"no built book in {BOOK} (`make test` builds it with scripts/build_book.py --quick)")
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for p in toc.get("parts", []) for c in p.get("chapters", [])]
+    missing = [f for f in files if f"{f}.html" not in PAGES]
+    assert not missing, f"TOC entries without an HTML page: {missing}"
+    assert {"index.html", "search.html"} <= set(PAGES)
+
+
+@pytest.mark.parametrize("rel", PAGES)
+def test_page_reads_offline(rel, browser, book, timing):
+    """No console errors or off-machine requests; images load; math typeset; links resolve; Colab ok."""
+    rep = cb.check_page(browser, book, BOOK, rel)
+    timing.append((rel, rep.seconds))
+    assert not rep.problems, _report(rep)
+    if rel.startswith("book/chapters/"):
+        assert rep.colab.endswith(rel.removesuffix(".html") + ".ipynb"), "chapter without its Colab button"
+
+
+def test_math_is_there_to_check():
+    """The math checks are not vacuous: the built book has TeX for MathJax, served from _static."""
+    if not PAGES:
+        _cannot_run(f"no built book in {BOOK}")
+    with_math = [p for p in PAGES if 'class="math' in (BOOK / p).read_text()]
+    assert with_math, "no page of the book has math"
+    for p in with_math:
+        html = (BOOK / p).read_text()
+        assert re.search(r'<script[^>]+src="[./]*_static/mathjax/tex-mml-chtml\.js', html), p
+    assert (BOOK / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
+
+
+def test_search_finds_a_known_word(browser, book):
+    hits, problems = cb.search(browser, book, KNOWN_WORD)
+    assert not problems
+    assert "book/intro.html" in hits, f"search for {KNOWN_WORD!r} found {hits}"
+    # and a word the book does not contain finds nothing (the wait above is for real results)
+    hits, problems = cb.search(browser, book, "zqxjvwk")
+    assert hits == [] and not problems
+
+
+def test_screenshots(browser, book, tmp_path):
+    """post_build's screenshots: the pages it names exist and come out as small 1200x900 PNGs."""
+    import post_build
+
+    shots = post_build.pages_to_shoot()
+    assert shots["intro.png"] in PAGES and shots.get("chapter.png") in PAGES
+    for name, page in shots.items():
+        png = cb.screenshot(browser, book, BOOK, page, tmp_path / name, post_build.SIZE)
+        head = png.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        assert struct.unpack(">II", head[16:24]) == post_build.SIZE
+        assert png.stat().st_size < 400_000
+
+
+# --- the same checks on copies of the book broken on purpose: each must report the breakage -------
+
+
+@pytest.fixture
+def broken(tmp_path, book):
+    """A private copy of the built book, to break one thing in."""
+    root = tmp_path / "html"
+    shutil.copytree(BOOK, root)
+    return root
+
+
+def _check_copy(browser, root: Path, rel: str) -> cb.PageReport:
+    with cb.serve(root) as base:
+        return cb.check_page(browser, base, root, rel)
+
+
+def _edit(file: Path, old: str, new: str) -> None:
+    text = file.read_text()
+    assert old in text, f"{old!r} not in {file}"
+    file.write_text(text.replace(old, new, 1))
+
+
+H1_END = 'title="Link to this heading">#</a></h1>'  # the end of a page's own title, in its article
+
+
+def _page_with(pattern: str) -> str:
+    for p in PAGES:
+        if re.search(pattern, (BOOK / p).read_text()):
+            return p
+    pytest.fail(f"no page of the book matches {pattern!r}")
+
+
+def test_detects_a_missing_figure(browser, broken):
+    page = _page_with(r'<img[^>]+src="[./]*_images/')
+    src = re.search(r'<img[^>]+src="([./]*_images/[^"]+)"', (broken / page).read_text()).group(1)
+    (broken / page).parent.joinpath(src).resolve().unlink()
+    rep = _check_copy(browser, broken, page)
+    assert any(p.startswith("image did not load") and src in p for p in rep.problems), rep.problems
+
+
+def test_detects_raw_tex_in_a_page(browser, broken):
+    # as if a `$$` had not been parsed as math: MyST marks prose sections mathjax_ignore
+    _edit(broken / "book/intro.html", H1_END, H1_END + "<p>Unparsed: $$x^2$$ here.</p>")
+    rep = _check_copy(browser, broken, "book/intro.html")
+    assert any(p.startswith("raw TeX") and "$$x^2$$" in p for p in rep.problems), rep.problems
+
+
+def test_detects_stray_dollars_around_math(browser, broken):
+    # what MyST makes of `$$a$$` in the middle of a paragraph: `$` + inline math + `$`
+    _edit(
+        broken / "book/intro.html",
+        H1_END,
+        H1_END + '<p>See $<span class="math notranslate">\\(a\\)</span>$.</p>',
+    )
+    rep = _check_copy(browser, broken, "book/intro.html")
+    assert any(p.startswith("stray $") for p in rep.problems), rep.problems
+
+
+def test_detects_math_left_untypeset_without_the_vendored_mathjax(browser, broken):
+    (broken / "_static" / "mathjax" / "tex-mml-chtml.js").unlink()
+    rep = _check_copy(browser, broken, "book/intro.html")
+    assert any(p.startswith("math not typeset") for p in rep.problems), rep.problems
+    assert any("tex-mml-chtml.js" in p and "404" in p for p in rep.problems), rep.problems
+
+
+def test_detects_a_dead_link_and_a_dead_anchor(browser, broken):
+    _edit(
+        broken / "book/report.html",
+        H1_END,
+        H1_END + '<p><a href="no-such-page.html">a</a> <a href="intro.html#no-such-anchor">b</a></p>',
+    )
+    rep = _check_copy(browser, broken, "book/report.html")
+    assert any("dead link 'no-such-page.html'" in p for p in rep.problems), rep.problems
+    assert any("no anchor #no-such-anchor in book/intro.html" in p for p in rep.problems), rep.problems
+
+
+def test_detects_an_off_machine_request(browser, broken):
+    # the default Sphinx set-up: MathJax from a CDN. Blocked, so it is reported, and the page has no math.
+    _edit(
+        broken / "book/runtimes.html",
+        "</head>",
+        '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script></head>',
+    )
+    rep = _check_copy(browser, broken, "book/runtimes.html")
+    assert any(p.startswith("off-machine request (blocked): https://cdn.jsdelivr.net/") for p in rep.problems)
+
+
+def test_detects_a_console_error(browser, broken):
+    _edit(broken / "book/runtimes.html", "</body>", "<script>console.error('boom')</script></body>")
+    rep = _check_copy(browser, broken, "book/runtimes.html")
+    assert "console error: boom" in rep.problems, rep.problems
+
+
+def test_detects_a_colab_link_to_another_notebook(browser, broken):
+    page = _page_with(r'href="https://colab\.research\.google\.com/')
+    text = (broken / page).read_text()
+    url = re.search(r'href="(https://colab\.research\.google\.com/[^"]+)"', text).group(1)
+    _edit(broken / page, url, url.removesuffix(".ipynb") + ".md")
+    rep = _check_copy(browser, broken, page)
+    assert any(p.startswith("Colab link") for p in rep.problems), rep.problems
