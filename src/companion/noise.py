@@ -171,7 +171,7 @@ class BrownianPath(_SeededNoise):
 
     def index(self, t: Tensor) -> Tensor:
         """Indices of the fine-grid points equal (to 1e-9 of the local spacing) to the times ``t``."""
-        t = torch.as_tensor(t, dtype=torch.float64).cpu()
+        t = torch.as_tensor(t, dtype=torch.float64).cpu().contiguous()
         j = torch.searchsorted(self.times, t).clamp(1, self.times.numel() - 1)
         lo, hi = self.times[j - 1], self.times[j]
         j = torch.where((t - lo).abs() <= (hi - t).abs(), j - 1, j)
@@ -195,6 +195,15 @@ class BrownianPath(_SeededNoise):
         z = counter_normal(_key(seeds[:, None], _PATH, j[None, :]), n, torch.float64)  # (B, j1 - j0, n)
         w = (z * dt.sqrt()[None, :, None]).sum(1)
         return w.reshape(like.shape).to(like.dtype)
+
+    def fine_increments(self, like: Tensor) -> Tensor:
+        """All fine increments W(times[j + 1]) - W(times[j]), shape (n_fine, *like.shape), float64."""
+        self._check(like)
+        dt = torch.diff(self.times).to(like.device)
+        seeds = self.seeds.to(like.device)
+        j = torch.arange(dt.numel(), device=like.device, dtype=torch.int64)
+        z = counter_normal(_key(seeds[None, :], _PATH, j[:, None]), math.prod(like.shape[1:]), torch.float64)
+        return (z * dt.sqrt()[:, None, None]).reshape((-1,) + tuple(like.shape))
 
     def stream(self, grid: Tensor, like: Tensor) -> NoiseStream:
         self._check(like)
