@@ -3,7 +3,7 @@
 See the book (``make book``) for the derivations; the public API is documented in README.md.
 """
 
-from . import book, repro, schedules
+from . import book, metrics, reference, repro, schedules, solvers, targets
 
 __version__ = "0.1.0"
-__all__ = ["book", "schedules", "repro", "__version__"]
+__all__ = ["book", "schedules", "repro", "targets", "reference", "metrics", "solvers", "__version__"]
