@@ -39,7 +39,7 @@ def _kernel_sum(a: Tensor, b: Tensor, h: float, chunk: int = 2048) -> Tensor:
 
 
 def mmd2(x: Tensor, y: Tensor, bandwidth: float | None = None) -> float:
-    """Unbiased MMD^2 between samples x (n, ...) and y (m, ...); bandwidth defaults to the median rule on y."""
+    """Unbiased MMD^2 of samples x (n, ...) and y (m, ...); bandwidth: the median rule on y by default."""
     xf, yf = _2d(x, "x"), _2d(y, "y")
     if xf.shape[1] != yf.shape[1]:
         raise ValueError(f"x and y must have the same event size; got {xf.shape[1]} and {yf.shape[1]}")

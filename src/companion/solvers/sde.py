@@ -55,10 +55,11 @@ def langevin_corrector(
 ) -> Tensor:
     """Langevin MCMC steps targeting p_t (Song et al. 2021, Algorithm 4 with alpha_i = 1).
 
-    x <- x + e s + sqrt(2 e) z,  e = 2 (snr |z| / |s|)^2, with |z| and |s| the per-sample norms averaged over
-    the batch, as in the official code. (Per-sample norms would give a sample near a mode, where s ~ 0, an
-    unbounded step; in low dimension that happens often.) One score evaluation per step. Algorithm 5 (VP) also multiplies e by alpha_i = 1 - beta_i, a 1 - O(1/N) factor
-    we leave out so that the corrector needs no discrete beta.
+    x <- x + e s + sqrt(2 e) z,  e = 2 (snr |z| / |s|)^2, with |z| and |s| the per-sample norms averaged
+    over the batch, as in the official code. (Per-sample norms would give a sample near a mode, where
+    s ~ 0, an unbounded step; in low dimension that happens often.) One score evaluation per step.
+    Algorithm 5 (VP) also multiplies e by alpha_i = 1 - beta_i, a 1 - O(1/N) factor we leave out so
+    that the corrector needs no discrete beta.
     """
     _check_x(x)
     if not isinstance(snr, (int, float)) or not snr > 0:
@@ -133,7 +134,7 @@ def euler_maruyama(
     generator: torch.Generator | None = None,
     noise_last: bool = False,
 ) -> Tensor:
-    """Euler-Maruyama on the reverse SDE (Song et al. 2021, eq. 6): strong order 1/2, weak order 1, 1 NFE/step.
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021, eq. 6): weak order 1, 1 NFE per step.
 
     ``timesteps`` is decreasing, e.g. ``torch.linspace(1, 1e-3, N + 1)``. See :func:`predictor_corrector`
     for ``noise_last``.
