@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..schedules import Schedule
 
-__all__ = ["euler_maruyama", "langevin_corrector", "predictor_corrector"]
+__all__ = ["euler_maruyama", "langevin_corrector", "predictor_corrector", "forward_euler_maruyama"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -142,3 +142,21 @@ def euler_maruyama(
     return predictor_corrector(
         score_fn, x_T, schedule, timesteps, n_corrector_steps=0, generator=generator, noise_last=noise_last
     )
+
+
+def forward_euler_maruyama(
+    x_0: Tensor, schedule: Schedule, timesteps, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Euler-Maruyama on the forward SDE dx = f x dt + g dW over increasing ``timesteps``; x at the end.
+
+    Used to check the closed-form marginals (alpha_t, sigma_t) against the SDE itself; 0 NFE.
+    """
+    _check_x(x_0)
+    ts = _grid(torch.as_tensor(timesteps, dtype=torch.float64).flip(0), schedule).flip(0)
+    h = ts[1:] - ts[:-1]
+    keep = (1.0 + h * schedule.f(ts[:-1])).to(x_0.device, x_0.dtype)
+    noise = torch.sqrt(schedule.g2(ts[:-1]) * h).to(x_0.device, x_0.dtype)
+    x = x_0
+    for i in range(h.numel()):
+        x = keep[i] * x + noise[i] * _noise(x, generator)
+    return x
