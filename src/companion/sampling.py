@@ -47,11 +47,13 @@ def sample(
 
     ``model(x, t)`` returns a ``prediction`` (eps | x0 | v | score | velocity, or diffusers' names); ``t``
     reaches it as a tensor of shape (B,). ``steps`` counts model evaluations for singlestep and adaptive
-    methods (as the official DPM-Solver) and steps for multistep ones; ``timesteps`` (1-D decreasing,
-    or (N + 1, B) for one grid per sample) replaces ``grid``/``steps``/``t_start``/``t_end``;
-    ``t_start``/``t_end`` may also be tensors of shape (B,). ``lower_order_final`` drops the last steps to orders ..., 2, 1 when
-    there are fewer than 15 steps (``compat="dpm-solver"``: 10, the official code; ``"diffusers"``: 15 and
-    diffusers' per-scheduler rules). ``denoise_to_zero`` adds one evaluation that returns the data
+    methods (as the official DPM-Solver) and steps for multistep ones. ``timesteps`` (1-D decreasing, or
+    (N + 1, B) for one grid per sample) replaces ``grid``/``steps``/``t_start``/``t_end``, which may also
+    be tensors of shape (B,).
+
+    ``lower_order_final`` drops the last steps to orders ..., 2, 1 below 15 steps; ``compat`` picks a peer's
+    final-step rules: ``"dpm-solver"`` (below 10 steps, the official code) or ``"diffusers"`` (below 15,
+    and diffusers' per-scheduler rules). ``denoise_to_zero`` adds one evaluation that returns the data
     prediction at ``t_end``. ``x0_fn`` corrects every data prediction (e.g. dynamic thresholding).
     Solver options (``eta``, ``corrector``, ``atol``, ...) go in ``options``; see ``solvers.available()``.
     """

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .exponential import DDIM, DEIS, DPMSolver, UniPC
+from .pndm import PLMS
 from .problem import Problem
+from .rk import RK
 
 __all__ = ["Entry", "register", "available", "get", "Problem", "DDIM", "DPMSolver", "DEIS", "UniPC"]
 
@@ -113,6 +115,34 @@ register(
         variants=(None, "bh1", "bh2"),
         doc="UniPC (UniP + UniC)",
         options=("pred", "corrector"),
+    )
+)
+
+register(
+    Entry(
+        "euler",
+        lambda order, method, variant, **_: RK(False, variant or "t"),
+        orders=(1,),
+        variants=(None, "t", "rho"),
+        doc="Euler on the PF-ODE in t (variant 't') or on x/alpha in sigma/alpha ('rho', = DDIM)",
+    )
+)
+register(
+    Entry(
+        "heun",
+        lambda order, method, variant, **_: RK(True, variant or "t"),
+        orders=(2,),
+        variants=(None, "t", "rho"),
+        doc="Heun (2 NFE per step) on the PF-ODE in t or ('rho') in sigma/alpha",
+    )
+)
+register(
+    Entry(
+        "pndm",
+        lambda order, method, variant, **_: PLMS(order),
+        orders=(1, 2, 3, 4),
+        methods=("multistep", "plms"),
+        doc="PNDM's PLMS (pseudo Adams-Bashforth on the DDIM transfer), NFE = steps + 1",
     )
 )
 
