@@ -41,6 +41,7 @@ def test_nfe_to_reach_and_speedup_on_power_laws():
     assert ex.nfe_to_reach(fast, 1.0) == 10.0
     # base reaches 1/160 at 160 NFE; fast reaches it at sqrt(160) NFE.
     assert ex.speedup(base, fast, 160) == pytest.approx(160 / math.sqrt(160))
+    assert ex.error_at(base, 20 * math.sqrt(2)) == pytest.approx(1 / (20 * math.sqrt(2)))
     with pytest.raises(ValueError, match="outside"):
         ex.speedup(base, fast, 1000)
 

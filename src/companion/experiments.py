@@ -32,6 +32,7 @@ __all__ = [
     "fit_order",
     "nfe_to_reach",
     "speedup",
+    "error_at",
     "invert",
     "divergence_fraction",
 ]
@@ -114,7 +115,8 @@ def fit_order(nfe: Sequence[float], err: Sequence[float]) -> float:
 
 def nfe_to_reach(curve: Curve, target: float) -> float:
     """The (log-log interpolated) NFE at which ``curve`` first reaches error ``target``; nan if it never
-    does within the measured range, its first NFE if it starts below."""
+    does within the measured range, its first NFE if it starts below (then the true value is at most that,
+    and a speed-up computed from it is a lower bound)."""
     n, e = curve.nfe, curve.err
     if e[0] <= target:
         return float(n[0])
@@ -125,7 +127,7 @@ def nfe_to_reach(curve: Curve, target: float) -> float:
     return float("nan")
 
 
-def _err_at(curve: Curve, nfe: float) -> float:
+def error_at(curve: Curve, nfe: float) -> float:
     """The error of ``curve`` at ``nfe``, interpolated in log-log."""
     ln, le = np.log(curve.nfe), np.log(curve.err)
     if not ln[0] <= math.log(nfe) <= ln[-1]:
@@ -136,7 +138,7 @@ def _err_at(curve: Curve, nfe: float) -> float:
 def speedup(baseline: Curve, curve: Curve, at_nfe: float) -> float:
     """NFE ratio at matched error: the baseline's NFE ``at_nfe`` over the NFE ``curve`` needs to reach
     the baseline's error there (nan if it never does)."""
-    return at_nfe / nfe_to_reach(curve, _err_at(baseline, at_nfe))
+    return at_nfe / nfe_to_reach(curve, error_at(baseline, at_nfe))
 
 
 def invert(
@@ -149,13 +151,12 @@ def invert(
     steps: int,
     solver: str = "ddim",
     order: int = 1,
-    method: str = "multistep",
     prediction: str = "eps",
 ) -> Tensor:
     """Run a registered ODE solver *up* the noise levels, from ``t_from`` to ``t_to`` > ``t_from``, on the
     grid uniform in log-SNR (DDIM inversion when ``solver="ddim"``). ``companion.sample`` only integrates
     downwards; the solvers' coefficients hold for h < 0, so the same registered solver is run on the
-    reversed grid, without lowering the final orders."""
+    reversed grid (multistep methods only), without lowering the final orders."""
     if not t_to > t_from:
         raise ValueError(f"t_to must exceed t_from for an inversion; got t_from={t_from}, t_to={t_to}")
     ts = grids.logsnr(schedule, t_to, t_from, steps).flip(0)
@@ -171,7 +172,7 @@ def invert(
         lower_order_final=0,
         compat=None,
     )
-    return entry.build(order=order, method=method, variant=None)(prob)
+    return entry.build(order=order, method="multistep", variant=None)(prob)
 
 
 def divergence_fraction(x: Tensor, radius: float) -> float:
