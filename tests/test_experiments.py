@@ -53,7 +53,7 @@ def test_error_vs_nfe_counts_real_nfe_and_ddim_is_first_order():
     ref = g.flow_map(x_T, 1.0, 1e-3, SCHED)
     specs = {
         "ddim": {"solver": "ddim", "order": 1},
-        "dpm2": {"solver": "dpmsolver", "order": 2, "method": "singlestep", "nfe_per_step": 1},
+        "dpm3": {"solver": "dpmsolver", "order": 3, "method": "singlestep_fixed", "nfe_multiple": 3},
     }
     curves = ex.error_vs_nfe(
         g.model(SCHED, "eps"),
@@ -67,9 +67,9 @@ def test_error_vs_nfe_counts_real_nfe_and_ddim_is_first_order():
         lower_order_final=False,
     )
     assert curves["ddim"].nfe.tolist() == [20, 40, 80, 160]
-    assert curves["dpm2"].nfe.tolist() == [20, 40, 80, 160]  # singlestep: steps = NFE
+    assert curves["dpm3"].nfe.tolist() == [18, 39, 78, 159]  # singlestep: steps = NFE, rounded to 3k
     assert abs(ex.fit_order(curves["ddim"].nfe, curves["ddim"].err) - 1.0) < 0.15
-    assert abs(ex.fit_order(curves["dpm2"].nfe[-2:], curves["dpm2"].err[-2:]) - 2.0) < 0.3
+    assert abs(ex.fit_order(curves["dpm3"].nfe[-2:], curves["dpm3"].err[-2:]) - 3.0) < 0.3
 
 
 def test_invert_round_trip_converges_and_matches_exact_flow():

@@ -86,16 +86,20 @@ def error_vs_nfe(
 ) -> dict[str, Curve]:
     """For each named solver spec, the RMS error against ``ref`` at each entry of ``steps`` (the solver's
     ``steps`` argument); a spec may carry ``"nfe_per_step"`` to divide the requested NFE into steps
-    (e.g. 2 for Heun) so that all curves cover the same NFE range."""
+    (e.g. 2 for Heun) so that all curves cover the same NFE range, and ``"nfe_multiple"`` to round the
+    steps down to a multiple (e.g. 3 for singlestep order 3 with ``method="singlestep_fixed"``, so that
+    every step has the full order)."""
     out = {}
     for name, spec in specs.items():
         spec = dict(spec)
         per = int(spec.pop("nfe_per_step", 1))
+        mult = int(spec.pop("nfe_multiple", 1))
         rows = []
         for n in steps:
-            if n // per < 1:
+            k = (n // per // mult) * mult
+            if k < 1:
                 continue
-            x, nfe = run(model, x_T, schedule, spec, n // per, **kw)
+            x, nfe = run(model, x_T, schedule, spec, k, **kw)
             rows.append((nfe, rms_error(x, ref)))
         rows.sort()
         a = np.array(rows, dtype=np.float64).reshape(-1, 2)
