@@ -15,6 +15,7 @@ phi_{n+1}(z) = (phi_n(z) - 1/n!)/z, and ``E(n, h, k) = h phi_n(k h)`` below (E(1
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -120,8 +121,13 @@ def rows(c: Tensor, x: Tensor) -> list[Coef]:
 
 def lincomb(terms: Sequence[tuple[Coef, Tensor]]) -> Tensor:
     """sum_k c_k T_k in one fresh tensor, one fused kernel per term; zero float terms are skipped."""
-    terms = [(c, v) for c, v in terms if not (isinstance(c, float) and c == 0.0)]
+    dtype = functools.reduce(torch.promote_types, [v.dtype for _, v in terms])
+    kept = [(c, v) for c, v in terms if not (isinstance(c, float) and c == 0.0)]
+    if not kept:
+        return torch.zeros_like(terms[0][1], dtype=dtype)
+    terms = kept
     (c0, v0), rest = terms[0], terms[1:]
+    v0 = v0 if v0.dtype == dtype else v0.to(dtype)  # a low-precision model output never sets the dtype
     out = v0 * c0 if not (isinstance(c0, float) and c0 == 1.0) else v0.clone()
     for c, v in rest:
         if isinstance(c, float):
@@ -170,7 +176,9 @@ class Evaluator:
         tm = (t if t.dim() == 2 else t[:, None].expand(-1, self.batch)).to(self.device, self.t_dtype)
         return list(zip(tm.unbind(0), rows(cx, x), rows(co, x), rows(bx, x), rows(bo, x), strict=True))
 
-    def __call__(self, x: Tensor, point) -> Tensor:
+    def linear(self, x: Tensor, point) -> tuple[Tensor, Coef, Coef]:
+        """Call the model and return (out, cx, co) with the prediction m = cx x + co out (float64 rows as
+        Python floats, or per-sample tensors); with ``x0_fn`` the corrected m itself, as (m, 0, 1)."""
         t, cx, co, bx, bo = point
         out = self.model(x, t)
         self.calls += 1
@@ -179,12 +187,25 @@ class Evaluator:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"model output must have the shape of x {tuple(x.shape)}; got {got}")
             self._checked = True
-        if out.dtype != x.dtype:  # low-precision model outputs join the solver state's precision here
-            out = out.to(x.dtype)
-        mid = "x0" if self.x0_fn is not None else self.target
-        m = out if self.prediction == mid else lincomb([(co, out), (cx, x)])
-        if self.x0_fn is not None:
-            m = self.x0_fn(m)
-            if self.target != "x0":
-                m = lincomb([(bo, m), (bx, x)])
-        return m
+        if self.x0_fn is None:
+            return out, cx, co
+        m = out if self.prediction == "x0" else lincomb([(co, out.to(x.dtype)), (cx, x)])
+        m = self.x0_fn(m)
+        if self.target != "x0":
+            m = lincomb([(bo, m), (bx, x)])
+        return m, 0.0, 1.0
+
+    def scaled(self, x: Tensor, point) -> tuple[Tensor, Coef]:
+        """The prediction as a pair (u, c) with m = c u, in one pass over memory: u = out + (cx/co) x and
+        c = co, so that a solver folds c into its own coefficients and touches u once."""
+        out, cx, co = self.linear(x, point)
+        if isinstance(cx, float) and cx == 0.0:
+            return (out if out.dtype == x.dtype else out.to(x.dtype)), co
+        if isinstance(co, float) and co != 0.0:
+            return torch.add(out, x, alpha=cx / co), co  # out may be fp16/bf16: the sum has x's dtype
+        return lincomb([(cx, x), (co, out)]), 1.0
+
+    def __call__(self, x: Tensor, point) -> Tensor:
+        """The prediction m at (x, t) as a tensor."""
+        u, c = self.scaled(x, point)
+        return u if isinstance(c, float) and c == 1.0 else u * c

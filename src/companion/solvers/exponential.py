@@ -6,6 +6,7 @@ A solver is data (``order``, ``method``, ``variant``) plus ``__call__(problem) -
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -16,11 +17,13 @@ from .problem import Problem
 __all__ = ["DDIM", "DPMSolver", "DEIS", "UniPC"]
 
 
-def _multistep(prob: Problem, pred: str, order: int, coefs, corrector_bh: str | None = None) -> Tensor:
+def _multistep(
+    prob: Problem, pred: str, order: int, coefs, corrector_bh: str | None = None, lof: float | None = None
+) -> Tensor:
     ev = prob.evaluator(pred)
     pts = prob.points(prob.grid(prob.steps))
     n = pts.t.shape[0] - 1
-    orders = ms.step_orders(n, order, pts.lam, prob.lower_order_final)
+    orders = ms.step_orders(n, order, pts.lam, prob.lower_order_final if lof is None else lof)
     A, B = coefs(pts, orders)
     corr = ms.unic_coefs(pred, pts, orders, corrector_bh) if corrector_bh else None
     return ms.run(ev, prob.x, pts, orders, A, B, corrector=corr, callback=prob.callback)
@@ -118,7 +121,8 @@ class DEIS:
 @dataclass(frozen=True)
 class UniPC:
     """UniPC (Zhao et al. 2023): UniP-p predictor + UniC corrector (order p + 1 after correction), 1 NFE per
-    step, data prediction by default (``pred="eps"`` for noise prediction); B(h) = ``variant`` bh1 | bh2."""
+    step, data prediction by default (``pred="eps"`` for noise prediction); B(h) = ``variant`` bh1 | bh2.
+    ``lower_order_final`` lowers the last two steps at any step count, as the official UniPC and diffusers."""
 
     order: int = 2
     variant: str = "bh2"
@@ -132,4 +136,5 @@ class UniPC:
             self.order,
             lambda pts, o: ms.unip_coefs(self.pred, pts, o, self.variant),
             self.variant if self.corrector else None,
+            lof=math.inf if prob.lower_order_final else 0,
         )

@@ -221,18 +221,30 @@ def run(
     if corrector is not None:
         ac_, bc_ = rows(corrector[0], x), [rows(corrector[1][:, j], x) for j in range(K + 1)]
     s_ = rows(noise, x) if noise is not None else None
-    hist: list[Tensor] = []
+    hist: list[tuple[Tensor, object]] = []  # (u, c) with m = c u, newest first (see Evaluator.scaled)
     x_prev = x
+    fold = K == 1 and corrector is None  # no history: m = cx x + co out folds into the update itself
     for i in range(n):
-        m = ev(x, plan[i])
+        if fold:
+            out, cx, co = ev.linear(x, plan[i])
+            terms = [(a_[i] + b_[0][i] * cx, x), (b_[0][i] * co, out)]
+            if s_ is not None:
+                terms.append(
+                    (s_[i], torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+                )
+            x = lincomb(terms)
+            if callback is not None:
+                callback(i, x)
+            continue
+        u, c = ev.scaled(x, plan[i])
         if corrector is not None and i > 0:
-            # UniC: re-solve step i-1 with the new evaluation m (taken at the predicted x_i, and kept).
+            # UniC: re-solve step i-1 with the new evaluation (taken at the predicted x_i, and kept).
             p = orders[i - 1]
-            terms = [(ac_[i - 1], x_prev)] + [(bc_[j][i - 1], hist[j]) for j in range(p)]
-            x = lincomb(terms + [(bc_[K][i - 1], m)])
-        hist = [m] + hist[: K - 1]
+            terms = [(ac_[i - 1], x_prev)] + [(bc_[j][i - 1] * cj, uj) for j, (uj, cj) in enumerate(hist[:p])]
+            x = lincomb(terms + [(bc_[K][i - 1] * c, u)])
+        hist = [(u, c)] + hist[: K - 1]
         x_prev = x
-        terms = [(a_[i], x)] + [(b_[j][i], hist[j]) for j in range(orders[i])]
+        terms = [(a_[i], x)] + [(b_[j][i] * cj, uj) for j, (uj, cj) in enumerate(hist[: orders[i]])]
         if s_ is not None:
             terms.append((s_[i], torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)))
         x = lincomb(terms)
