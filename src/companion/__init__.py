@@ -3,7 +3,18 @@
 See the book (``make book``) for the derivations; the public API is documented in README.md.
 """
 
-from . import book, repro, schedules
+from . import book, grids, parameterization, repro, schedules, solvers, targets
+from .sampling import sample
 
 __version__ = "0.1.0"
-__all__ = ["book", "schedules", "repro", "__version__"]
+__all__ = [
+    "book",
+    "grids",
+    "parameterization",
+    "repro",
+    "sample",
+    "schedules",
+    "solvers",
+    "targets",
+    "__version__",
+]

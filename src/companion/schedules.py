@@ -29,6 +29,8 @@ __all__ = [
     "VPDiscrete",
     "SubVP",
     "VE",
+    "EDM",
+    "RectifiedFlow",
     "get_schedule",
 ]
 
@@ -229,7 +231,9 @@ class VPCosine(Schedule):
     def t_of_lambda(self, lam):
         lam = _as_tensor(lam)
         log_alpha = -0.5 * torch.nn.functional.softplus(-2.0 * lam)
-        return 2.0 * (1.0 + self.s) / math.pi * torch.arccos(torch.exp(log_alpha + self._log_alpha_0)) - self.s
+        return (
+            2.0 * (1.0 + self.s) / math.pi * torch.arccos(torch.exp(log_alpha + self._log_alpha_0)) - self.s
+        )
 
 
 class VPDiscrete(Schedule):
@@ -353,11 +357,81 @@ class VE(Schedule):
         return (-_as_tensor(lam) - math.log(self.sigma_min)) / self._log_ratio
 
 
-_BY_NAME = {"vp_linear": VPLinear, "vp_cosine": VPCosine, "sub_vp": SubVP, "ve": VE}
+class EDM(Schedule):
+    """The EDM / Karras et al. (2022) process: alpha = 1, sigma(t) = t, on [0, sigma_max].
+
+    Time is the noise level itself, so lambda = -log t and t_of_lambda = exp(-lambda); t = 0 is clean data.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        self.sigma_min = _positive("sigma_min", sigma_min)
+        self.sigma_max = _positive("sigma_max", sigma_max)
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max must exceed sigma_min; got {sigma_min}, {sigma_max}")
+        self.t_min, self.t_max = 0.0, self.sigma_max
+
+    def _params(self) -> dict:
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+    def log_alpha(self, t):
+        return 0.0 * _as_tensor(t)
+
+    def sigma(self, t):
+        return _as_tensor(t) * 1.0
+
+    def log_sigma(self, t):
+        return torch.log(_as_tensor(t))
+
+    def d_log_alpha(self, t):
+        return 0.0 * _as_tensor(t)
+
+    def d_log_sigma(self, t):
+        return 1.0 / _as_tensor(t)
+
+    def t_of_lambda(self, lam):
+        return torch.exp(-_as_tensor(lam))
+
+
+class RectifiedFlow(Schedule):
+    """The rectified-flow / conditional-OT path (Liu et al. 2023; Lipman et al. 2023): alpha = 1 - t,
+    sigma = t.
+
+    lambda = log((1 - t) / t), so t_of_lambda = sigmoid(-lambda). The flow-matching velocity is
+    dx/dt = eps - x0 (diffusers' ``flow_prediction``).
+    """
+
+    def log_alpha(self, t):
+        return torch.log1p(-_as_tensor(t))
+
+    def sigma(self, t):
+        return _as_tensor(t) * 1.0
+
+    def log_sigma(self, t):
+        return torch.log(_as_tensor(t))
+
+    def d_log_alpha(self, t):
+        return -1.0 / (1.0 - _as_tensor(t))
+
+    def d_log_sigma(self, t):
+        return 1.0 / _as_tensor(t)
+
+    def t_of_lambda(self, lam):
+        return torch.sigmoid(-_as_tensor(lam))
+
+
+_BY_NAME = {
+    "vp_linear": VPLinear,
+    "vp_cosine": VPCosine,
+    "sub_vp": SubVP,
+    "ve": VE,
+    "edm": EDM,
+    "rectified_flow": RectifiedFlow,
+}
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:
-    """Build a schedule by name: one of ``vp_linear``, ``vp_cosine``, ``sub_vp``, ``ve``."""
+    """Build a schedule by name: one of ``vp_linear``, ``vp_cosine``, ``sub_vp``, ``ve``, ``edm``,
+    ``rectified_flow``."""
     if not isinstance(name, str):
         raise TypeError(f"schedule name must be a str; got {type(name).__name__}")
     try:

@@ -1,0 +1,152 @@
+"""Solvers and their registry.
+
+``available()`` lists the names ``companion.sample(..., solver=name)`` accepts. An entry declares the
+orders, methods and variants it supports; ``build`` turns the user's options into a frozen solver object
+(``order`` is an attribute). New families (SDE solvers, MRS) register themselves the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .exponential import DDIM, DEIS, DPMSolver, UniPC
+from .pndm import PLMS
+from .problem import Problem
+from .rk import RK
+
+__all__ = ["Entry", "register", "available", "get", "Problem", "DDIM", "DPMSolver", "DEIS", "UniPC"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    build: Callable[..., Callable[[Problem], object]]
+    orders: tuple[int, ...] = (1, 2, 3)
+    methods: tuple[str, ...] = ("multistep",)
+    variants: tuple[str | None, ...] = (None,)
+    stochastic: bool = False
+    #: minimum number of steps (or NFE) for an order: the warm-up needs at least one step per order.
+    doc: str = ""
+    options: tuple[str, ...] = field(default_factory=tuple)
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(entry: Entry) -> Entry:
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def available() -> list[str]:
+    """The registered solver names."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Entry:
+    if not isinstance(name, str):
+        raise TypeError(f"solver must be a str; got {type(name).__name__}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; available: {available()}") from None
+
+
+_DPM_METHODS = ("multistep", "singlestep", "singlestep_fixed", "adaptive")
+_DPM_VARIANTS = (None, "midpoint", "heun", "taylor", "dpmsolver", "legacy")
+
+
+def _dpm_variant(v: str | None) -> str:
+    return {None: "midpoint", "dpmsolver": "midpoint", "taylor": "heun"}.get(v, v)
+
+
+def _dpm(pred: str):
+    def build(order, method, variant, corrector=None, atol=0.0078, rtol=0.05, **_):
+        return DPMSolver(pred, order, method, _dpm_variant(variant), corrector, atol, rtol)
+
+    return build
+
+
+register(
+    Entry(
+        "ddim",
+        lambda order, method, variant, eta=0.0, **_: DDIM(float(eta)),
+        orders=(1,),
+        doc="DDIM (eta >= 0); eta = 0 is DPM-Solver++(1)",
+        options=("eta",),
+    )
+)
+register(
+    Entry(
+        "dpmsolver",
+        _dpm("eps"),
+        methods=_DPM_METHODS,
+        variants=_DPM_VARIANTS,
+        doc="DPM-Solver, noise prediction",
+        options=("corrector", "atol", "rtol"),
+    )
+)
+register(
+    Entry(
+        "dpmsolver++",
+        _dpm("x0"),
+        methods=_DPM_METHODS,
+        variants=_DPM_VARIANTS,
+        doc="DPM-Solver++, data prediction",
+        options=("corrector", "atol", "rtol"),
+    )
+)
+register(
+    Entry(
+        "deis",
+        lambda order, method, variant, corrector=None, **_: DEIS(order, variant or "tab", corrector),
+        variants=(None, "tab", "logrho"),
+        doc="DEIS tAB / log-rho AB",
+        options=("corrector",),
+    )
+)
+register(
+    Entry(
+        "unipc",
+        lambda order, method, variant, pred="x0", corrector=True, **_: UniPC(
+            order, variant or "bh2", pred, corrector
+        ),
+        variants=(None, "bh1", "bh2"),
+        doc="UniPC (UniP + UniC)",
+        options=("pred", "corrector"),
+    )
+)
+
+register(
+    Entry(
+        "euler",
+        lambda order, method, variant, **_: RK(False, variant or "t"),
+        orders=(1,),
+        variants=(None, "t", "rho"),
+        doc="Euler on the PF-ODE in t (variant 't') or on x/alpha in sigma/alpha ('rho', = DDIM)",
+    )
+)
+register(
+    Entry(
+        "heun",
+        lambda order, method, variant, **_: RK(True, variant or "t"),
+        orders=(2,),
+        variants=(None, "t", "rho"),
+        doc="Heun (2 NFE per step) on the PF-ODE in t or ('rho') in sigma/alpha",
+    )
+)
+register(
+    Entry(
+        "pndm",
+        lambda order, method, variant, **_: PLMS(order),
+        orders=(1, 2, 3, 4),
+        methods=("multistep", "plms"),
+        doc="PNDM's PLMS (pseudo Adams-Bashforth on the DDIM transfer), NFE = steps + 1",
+    )
+)
+
+try:  # the SDE family lives in its own module, written separately
+    from . import sde  # noqa: F401
+except ImportError:
+    pass

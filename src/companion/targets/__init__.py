@@ -1,0 +1,5 @@
+"""Analytic targets with exact log-densities, scores, denoisers and (for one Gaussian) flow maps."""
+
+from .gaussian import PREDICTIONS, ClassConditionalMixture, Gaussian, GaussianMixture
+
+__all__ = ["GaussianMixture", "Gaussian", "ClassConditionalMixture", "PREDICTIONS"]
