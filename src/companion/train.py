@@ -48,8 +48,8 @@ class Recipe:
     config: dict[str, Any] = field(default_factory=dict)
     data: str = "digits"
     prediction: str | None = "eps"
-    steps: int = 2400
-    batch: int = 128
+    steps: int = 2000
+    batch: int = 64
     lr: float = 2e-3
     ema: float = 0.999
     p_uncond: float = 0.1
@@ -62,7 +62,7 @@ _MLP = {"dim": 2, "hidden": 128, "depth": 3}
 _UNET = {"ch": 32, "emb": 128, "num_classes": 10}
 RECIPES: dict[str, Recipe] = {
     "digits-classifier": Recipe(
-        "classifier", "DigitsClassifier", {"ch": 32, "feat": 64}, prediction=None, steps=1000
+        "classifier", "DigitsClassifier", {"ch": 32, "feat": 64}, prediction=None, steps=1000, batch=128
     ),
     "digits-unet-eps": Recipe("digits", "DigitsUNet", _UNET, prediction="eps"),
     "digits-unet-v": Recipe("digits", "DigitsUNet", _UNET, prediction="v"),
