@@ -126,7 +126,15 @@ def train(
         recipe = RECIPES[name]
     if recipe.task not in ("toy", "digits", "classifier"):
         raise ValueError(f"recipe.task must be 'toy', 'digits' or 'classifier'; got {recipe.task!r}")
+    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(name, recipe, out, evaluate)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(name: str, recipe: Recipe, out: str | Path | None, evaluate: bool) -> dict[str, Any]:
     torch.manual_seed(recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)
     net = nets.ARCHITECTURES[recipe.arch](**recipe.config)
