@@ -16,8 +16,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+import companion as cp  # noqa: E402
 from companion.adapters import diffusers_bridge as db  # noqa: E402
-from companion.models.sampling import dpmsolverpp_2m  # noqa: E402
 
 STEPS = 20  # >= 15: diffusers' lower_order_final does not apply, so every step after the first is 2nd order
 
@@ -46,24 +46,6 @@ def _scheduler(prediction_type: str, beta_schedule: str = "linear"):
         solver_order=2,
         final_sigmas_type="sigma_min",
     )
-
-
-def _companion_solver(model, x, schedule, prediction, times):
-    """companion.sample when the solvers are merged, else the stopgap 2M in companion.models.sampling."""
-    import companion
-
-    if hasattr(companion, "sample"):
-        return companion.sample(
-            model,
-            x,
-            schedule=schedule,
-            prediction=prediction,
-            solver="dpmsolver++",
-            order=2,
-            method="multistep",
-            timesteps=times,
-        )
-    return dpmsolverpp_2m(model, x, schedule, prediction, times)
 
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
@@ -122,7 +104,16 @@ def test_dpmsolverpp_2m_matches_diffusers_loop(prediction_type):
     model = db.wrap(unet, sch)
     times = db.times_from_timesteps(sch.timesteps, model.schedule, final=1.0 / model.schedule.N)
     with torch.no_grad():
-        ours = _companion_solver(model, x_T, model.schedule, model.prediction, times)
+        ours = cp.sample(
+            model,
+            x_T,
+            schedule=model.schedule,
+            prediction=model.prediction,
+            solver="dpmsolver++",
+            order=2,
+            method="multistep",
+            timesteps=times,
+        )
     assert ours.dtype == torch.float32
     err, scale = (ours - reference).abs().max(), reference.abs().max().clamp_min(1.0)
     assert err <= 1e-5 * scale, f"max |companion - diffusers| = {err:.3g} at sample scale {scale:.3g}"

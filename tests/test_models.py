@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from companion import data, digits_metrics, models
-from companion.models.sampling import sample
+from companion.train import eval_sample
 
 SHIPPED = [
     "digits-classifier",
@@ -199,5 +199,5 @@ def test_digits_unet_accuracy_is_reproduced_from_the_weights(name, clf):
     m = models.load(name)
     labels = torch.arange(200) % 10
     x_T = torch.randn(200, 1, 8, 8, generator=torch.Generator().manual_seed(123))
-    xs = sample(m.cond(labels, 1.0), x_T, m.schedule, m.prediction, steps=25)
+    xs = eval_sample(m.cond(labels, 1.0), x_T, m.prediction, steps=25)
     assert digits_metrics.class_accuracy(xs, labels, clf) >= 0.90

@@ -34,7 +34,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-    torch.use_deterministic_algorithms(False)
 
 
 @pytest.mark.parametrize("recipe", [TINY_MLP, TINY_UNET], ids=["mlp", "unet"])
@@ -69,6 +68,12 @@ def test_recipes_are_well_formed():
         assert r.arch in models.ARCHITECTURES, name
         models.ARCHITECTURES[r.arch](**r.config)
         assert r.prediction in ((None,) if r.task == "classifier" else ("eps", "v")), name
+
+
+def test_train_restores_the_determinism_flag(tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    train.train("tiny", replace(TINY_MLP, steps=1), tmp_path, evaluate=False)
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_unknown_recipe_is_named():

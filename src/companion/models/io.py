@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..parameterization import classifier_free_guidance
 from ..schedules import Schedule, get_schedule
 from .nets import ARCHITECTURES
 
@@ -131,7 +132,6 @@ class Model:
         self.net.to(*args, **kwargs)
         return self
 
-    @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         if y is None:
             return self.net(x, t)
@@ -141,7 +141,8 @@ class Model:
         """``(x, t) -> uncond + guidance (cond - uncond)`` for labels ``y`` (classifier-free guidance).
 
         ``guidance = 1`` is the plain conditional model and costs one evaluation; ``y = None`` is the
-        unconditional model. Otherwise each call evaluates the network once on a doubled batch.
+        unconditional model. Otherwise each call evaluates the network once on a doubled batch
+        (:func:`companion.parameterization.classifier_free_guidance`).
         """
         if y is None:
             return lambda x, t: self(x, t)
@@ -153,18 +154,14 @@ class Model:
         labels = torch.as_tensor(y, dtype=torch.long)
         if bool(((labels < 0) | (labels >= num_classes)).any()):
             raise ValueError(f"y must hold class labels in [0, {num_classes}); got {labels.tolist()}")
-        if guidance == 1.0:
-            return lambda x, t: self(x, t, labels.to(x.device).expand(x.shape[0]))
         w = float(guidance)
 
         def guided(x: Tensor, t: Tensor | float) -> Tensor:
             b = x.shape[0]
+            yc = labels.to(x.device).expand(b)
+            yu = torch.full((b,), num_classes, device=x.device, dtype=torch.long)
             tt = torch.as_tensor(t, device=x.device, dtype=x.dtype)
-            tt = tt.expand(b) if tt.ndim == 0 else tt
-            yy = torch.cat([labels.to(x.device).expand(b), torch.full((b,), num_classes, device=x.device)])
-            out = self(torch.cat([x, x]), torch.cat([tt, tt]), yy)
-            c, u = out[:b], out[b:]
-            return u + w * (c - u)
+            return classifier_free_guidance(self, w, yc, yu)(x, tt)
 
         return guided
 
