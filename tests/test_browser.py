@@ -61,11 +61,13 @@ def timing(request):
     t0 = time.perf_counter()
     yield log
     if log:
-        tr = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"browser checks: {len(log)} pages in {time.perf_counter() - t0:.1f} s"]
+        lines = [
+            f"browser tests: {len(log)} pages checked; {time.perf_counter() - t0:.1f} s from the first page check to the end of the module"
+        ]
         lines += [f"  {page:40s} {sec:5.1f} s" for page, sec in log]
-        if tr is not None:
-            tr.write_line("\n" + "\n".join(lines))
+        capman = request.config.pluginmanager.get_plugin("capturemanager")
+        with capman.global_and_fixture_disabled():  # shown in the run's output, not captured
+            print("\n" + "\n".join(lines), flush=True)
 
 
 def _report(rep: cb.PageReport) -> str:
