@@ -3,8 +3,8 @@
 `make test` builds the book (quick mode) into _build/html first. The checks live in
 scripts/check_book.py; here they run over every page, and over copies of the book broken on purpose
 (a missing figure, raw TeX, a dead link and anchor, a CDN script, a wrong Colab link, MathJax removed)
-to show that each check fails when it should. Without Chromium (a developer machine) these tests skip
-and say why; with CI=true they fail instead.
+to show that each check fails when it should. Without Chromium or a built book (a developer machine)
+the module is skipped with one line saying why; with CI=true that is an error instead.
 """
 
 from __future__ import annotations
@@ -30,26 +30,27 @@ PAGES = cb.html_pages(BOOK) if (BOOK / "index.html").is_file() else []
 KNOWN_WORD = "solver"  # in the intro's first paragraph
 
 
-def _cannot_run(reason: str) -> None:
-    """Skip with the reason on a developer machine; fail under CI, which must run these tests."""
+def _why_not() -> str | None:
+    return cb.browser_unavailable() or (
+        None if PAGES else f"no built book in {BOOK} (`make test` builds it: scripts/build_book.py --quick)"
+    )
+
+
+# One plain line in the summary on a machine that cannot run them; under CI a failure instead.
+if (_WHY := _why_not()) is not None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must run the browser tests, but {reason}")
-    pytest.skip(f"browser tests skipped: {reason}")
+        pytest.fail(f"CI must run the browser tests, but {_WHY}", pytrace=False)
+    pytest.skip(f"browser tests skipped: {_WHY}", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    why = cb.browser_unavailable()
-    if why:
-        _cannot_run(why)
     with cb.chromium() as b:
         yield b
 
 
 @pytest.fixture(scope="module")
 def book():
-    if not PAGES:
-        _cannot_run(f"no built book in {BOOK} (`make test` builds it with scripts/build_book.py --quick)")
     with cb.serve(BOOK) as base:
         yield base
 
@@ -75,8 +76,6 @@ def _report(rep: cb.PageReport) -> str:
 
 
 def test_the_book_is_built_with_a_page_for_every_toc_entry():
-    if not PAGES:
-        _cannot_run(f"no built book in {BOOK} (`make test` builds it with scripts/build_book.py --quick)")
     import yaml
 
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
@@ -98,8 +97,6 @@ def test_page_reads_offline(rel, browser, book, timing):
 
 def test_math_is_there_to_check():
     """The math checks are not vacuous: the built book has TeX for MathJax, served from _static."""
-    if not PAGES:
-        _cannot_run(f"no built book in {BOOK}")
     with_math = [p for p in PAGES if 'class="math' in (BOOK / p).read_text()]
     assert with_math, "no page of the book has math"
     for p in with_math:
