@@ -168,24 +168,6 @@ def test_detects_a_missing_figure(browser, broken):
     assert any(p.startswith("image did not load") and src in p for p in rep.problems), rep.problems
 
 
-def test_detects_raw_tex_in_a_page(browser, broken):
-    # as if a `$$` had not been parsed as math: MyST marks prose sections mathjax_ignore
-    _edit(broken / "book/intro.html", H1_END, H1_END + "<p>Unparsed: $$x^2$$ here.</p>")
-    rep = _check_copy(browser, broken, "book/intro.html")
-    assert any(p.startswith("raw TeX") and "$$x^2$$" in p for p in rep.problems), rep.problems
-
-
-def test_detects_stray_dollars_around_math(browser, broken):
-    # what MyST makes of `$$a$$` in the middle of a paragraph: `$` + inline math + `$`
-    _edit(
-        broken / "book/intro.html",
-        H1_END,
-        H1_END + '<p>See $<span class="math notranslate">\\(a\\)</span>$.</p>',
-    )
-    rep = _check_copy(browser, broken, "book/intro.html")
-    assert any(p.startswith("stray $") for p in rep.problems), rep.problems
-
-
 def test_detects_math_left_untypeset_without_the_vendored_mathjax(browser, broken):
     (broken / "_static" / "mathjax" / "tex-mml-chtml.js").unlink()
     rep = _check_copy(browser, broken, "book/intro.html")
@@ -193,32 +175,54 @@ def test_detects_math_left_untypeset_without_the_vendored_mathjax(browser, broke
     assert any("tex-mml-chtml.js" in p and "404" in p for p in rep.problems), rep.problems
 
 
-def test_detects_a_dead_link_and_a_dead_anchor(browser, broken):
-    _edit(
-        broken / "book/report.html",
+# page, text to find, what to put there, what the checks must then report
+INJECTIONS = {
+    # as if a `$$` had not been parsed as math (MyST marks the prose sections mathjax_ignore)
+    "raw-tex": (
+        "book/intro.html",
+        H1_END,
+        H1_END + "<p>Unparsed: $$x^2$$ here.</p>",
+        ["raw TeX in the page text: 'Unparsed: $$x^2$$ here.'"],
+    ),
+    # what MyST makes of `$$a$$` in the middle of a paragraph: `$` + inline math + `$`
+    "stray-dollars": (
+        "book/intro.html",
+        H1_END,
+        H1_END + '<p>See $<span class="math notranslate">\\(a\\)</span>$.</p>',
+        ["stray $ next to typeset math"],
+    ),
+    "dead-link-and-anchor": (
+        "book/report.html",
         H1_END,
         H1_END + '<p><a href="no-such-page.html">a</a> <a href="intro.html#no-such-anchor">b</a></p>',
-    )
-    rep = _check_copy(browser, broken, "book/report.html")
-    assert any("dead link 'no-such-page.html'" in p for p in rep.problems), rep.problems
-    assert any("no anchor #no-such-anchor in book/intro.html" in p for p in rep.problems), rep.problems
-
-
-def test_detects_an_off_machine_request(browser, broken):
-    # the default Sphinx set-up: MathJax from a CDN. Blocked, so it is reported, and the page has no math.
-    _edit(
-        broken / "book/runtimes.html",
+        [
+            "dead link 'no-such-page.html': no file book/no-such-page.html",
+            "dead link 'intro.html#no-such-anchor': no anchor #no-such-anchor in book/intro.html",
+        ],
+    ),
+    # the default Sphinx set-up, MathJax from a CDN: blocked (the network is unplugged) and reported
+    "off-machine-request": (
+        "book/runtimes.html",
         "</head>",
         '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script></head>',
-    )
-    rep = _check_copy(browser, broken, "book/runtimes.html")
-    assert any(p.startswith("off-machine request (blocked): https://cdn.jsdelivr.net/") for p in rep.problems)
+        ["off-machine request (blocked): https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"],
+    ),
+    "console-error": (
+        "book/runtimes.html",
+        "</body>",
+        "<script>console.error('boom')</script></body>",
+        ["console error: boom"],
+    ),
+}
 
 
-def test_detects_a_console_error(browser, broken):
-    _edit(broken / "book/runtimes.html", "</body>", "<script>console.error('boom')</script></body>")
-    rep = _check_copy(browser, broken, "book/runtimes.html")
-    assert "console error: boom" in rep.problems, rep.problems
+@pytest.mark.parametrize("case", INJECTIONS)
+def test_detects_an_injected_breakage(case, browser, broken):
+    page, old, new, wanted = INJECTIONS[case]
+    _edit(broken / page, old, new)
+    rep = _check_copy(browser, broken, page)
+    for want in wanted:
+        assert any(want in p for p in rep.problems), f"{want!r} not among {rep.problems}"
 
 
 def test_detects_a_colab_link_to_another_notebook(browser, broken):
