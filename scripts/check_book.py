@@ -54,11 +54,12 @@ TIMEOUT_MS = 30_000
 
 
 def find_chromium() -> str | None:
-    """Debian's Chromium (or $COMPANION_CHROMIUM); None when the machine has none."""
-    for cand in (os.environ.get("COMPANION_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    return None
+    """Debian's Chromium, or $COMPANION_CHROMIUM when set (to another path, or to '' for none)."""
+    if "COMPANION_CHROMIUM" in os.environ:
+        cands = [os.environ["COMPANION_CHROMIUM"]]
+    else:
+        cands = ["/usr/bin/chromium", shutil.which("chromium")]
+    return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
 def browser_unavailable() -> str | None:
@@ -69,7 +70,7 @@ def browser_unavailable() -> str | None:
         return "the Python package playwright is not installed (it is in requirements.lock: run `make setup`)"
     if find_chromium() is None:
         return (
-            "no Chromium executable at /usr/bin/chromium (install Debian's packages: "
+            f"no Chromium executable at {os.environ.get('COMPANION_CHROMIUM', '/usr/bin/chromium')!r} (install Debian's packages: "
             "`apt-get install chromium chromium-driver`; .ci/run does this)"
         )
     return None

@@ -3,8 +3,8 @@
 `make test` builds the book (quick mode) into _build/html first. The checks live in
 scripts/check_book.py; here they run over every page, and over copies of the book broken on purpose
 (a missing figure, raw TeX, a dead link and anchor, a CDN script, a wrong Colab link, MathJax removed)
-to show that each check fails when it should. Without Chromium (a developer machine) these tests skip
-and say why; with CI=true they fail instead.
+to show that each check fails when it should. Without Chromium or a built book (a developer machine)
+the module is skipped with one line saying why; with CI=true that is an error instead.
 """
 
 from __future__ import annotations
@@ -30,26 +30,27 @@ PAGES = cb.html_pages(BOOK) if (BOOK / "index.html").is_file() else []
 KNOWN_WORD = "solver"  # in the intro's first paragraph
 
 
-def _cannot_run(reason: str) -> None:
-    """Skip with the reason on a developer machine; fail under CI, which must run these tests."""
+def _why_not() -> str | None:
+    return cb.browser_unavailable() or (
+        None if PAGES else f"no built book in {BOOK} (`make test` builds it: scripts/build_book.py --quick)"
+    )
+
+
+# One plain line in the summary on a machine that cannot run them; under CI a failure instead.
+if (_WHY := _why_not()) is not None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must run the browser tests, but {reason}")
-    pytest.skip(f"browser tests skipped: {reason}")
+        pytest.fail(f"CI must run the browser tests, but {_WHY}", pytrace=False)
+    pytest.skip(f"browser tests skipped: {_WHY}", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    why = cb.browser_unavailable()
-    if why:
-        _cannot_run(why)
     with cb.chromium() as b:
         yield b
 
 
 @pytest.fixture(scope="module")
 def book():
-    if not PAGES:
-        _cannot_run(f"no built book in {BOOK} (`make test` builds it with scripts/build_book.py --quick)")
     with cb.serve(BOOK) as base:
         yield base
 
@@ -61,11 +62,13 @@ def timing(request):
     t0 = time.perf_counter()
     yield log
     if log:
-        tr = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"browser checks: {len(log)} pages in {time.perf_counter() - t0:.1f} s"]
+        lines = [
+            f"browser tests: {len(log)} pages checked; {time.perf_counter() - t0:.1f} s from the first page check to the end of the module"
+        ]
         lines += [f"  {page:40s} {sec:5.1f} s" for page, sec in log]
-        if tr is not None:
-            tr.write_line("\n" + "\n".join(lines))
+        capman = request.config.pluginmanager.get_plugin("capturemanager")
+        with capman.global_and_fixture_disabled():  # shown in the run's output, not captured
+            print("\n" + "\n".join(lines), flush=True)
 
 
 def _report(rep: cb.PageReport) -> str:
@@ -73,8 +76,6 @@ def _report(rep: cb.PageReport) -> str:
 
 
 def test_the_book_is_built_with_a_page_for_every_toc_entry():
-    if not PAGES:
-        _cannot_run(f"no built book in {BOOK} (`make test` builds it with scripts/build_book.py --quick)")
     import yaml
 
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
@@ -96,8 +97,6 @@ def test_page_reads_offline(rel, browser, book, timing):
 
 def test_math_is_there_to_check():
     """The math checks are not vacuous: the built book has TeX for MathJax, served from _static."""
-    if not PAGES:
-        _cannot_run(f"no built book in {BOOK}")
     with_math = [p for p in PAGES if 'class="math' in (BOOK / p).read_text()]
     assert with_math, "no page of the book has math"
     for p in with_math:
@@ -169,24 +168,6 @@ def test_detects_a_missing_figure(browser, broken):
     assert any(p.startswith("image did not load") and src in p for p in rep.problems), rep.problems
 
 
-def test_detects_raw_tex_in_a_page(browser, broken):
-    # as if a `$$` had not been parsed as math: MyST marks prose sections mathjax_ignore
-    _edit(broken / "book/intro.html", H1_END, H1_END + "<p>Unparsed: $$x^2$$ here.</p>")
-    rep = _check_copy(browser, broken, "book/intro.html")
-    assert any(p.startswith("raw TeX") and "$$x^2$$" in p for p in rep.problems), rep.problems
-
-
-def test_detects_stray_dollars_around_math(browser, broken):
-    # what MyST makes of `$$a$$` in the middle of a paragraph: `$` + inline math + `$`
-    _edit(
-        broken / "book/intro.html",
-        H1_END,
-        H1_END + '<p>See $<span class="math notranslate">\\(a\\)</span>$.</p>',
-    )
-    rep = _check_copy(browser, broken, "book/intro.html")
-    assert any(p.startswith("stray $") for p in rep.problems), rep.problems
-
-
 def test_detects_math_left_untypeset_without_the_vendored_mathjax(browser, broken):
     (broken / "_static" / "mathjax" / "tex-mml-chtml.js").unlink()
     rep = _check_copy(browser, broken, "book/intro.html")
@@ -194,32 +175,54 @@ def test_detects_math_left_untypeset_without_the_vendored_mathjax(browser, broke
     assert any("tex-mml-chtml.js" in p and "404" in p for p in rep.problems), rep.problems
 
 
-def test_detects_a_dead_link_and_a_dead_anchor(browser, broken):
-    _edit(
-        broken / "book/report.html",
+# page, text to find, what to put there, what the checks must then report
+INJECTIONS = {
+    # as if a `$$` had not been parsed as math (MyST marks the prose sections mathjax_ignore)
+    "raw-tex": (
+        "book/intro.html",
+        H1_END,
+        H1_END + "<p>Unparsed: $$x^2$$ here.</p>",
+        ["raw TeX in the page text: 'Unparsed: $$x^2$$ here.'"],
+    ),
+    # what MyST makes of `$$a$$` in the middle of a paragraph: `$` + inline math + `$`
+    "stray-dollars": (
+        "book/intro.html",
+        H1_END,
+        H1_END + '<p>See $<span class="math notranslate">\\(a\\)</span>$.</p>',
+        ["stray $ next to typeset math"],
+    ),
+    "dead-link-and-anchor": (
+        "book/report.html",
         H1_END,
         H1_END + '<p><a href="no-such-page.html">a</a> <a href="intro.html#no-such-anchor">b</a></p>',
-    )
-    rep = _check_copy(browser, broken, "book/report.html")
-    assert any("dead link 'no-such-page.html'" in p for p in rep.problems), rep.problems
-    assert any("no anchor #no-such-anchor in book/intro.html" in p for p in rep.problems), rep.problems
-
-
-def test_detects_an_off_machine_request(browser, broken):
-    # the default Sphinx set-up: MathJax from a CDN. Blocked, so it is reported, and the page has no math.
-    _edit(
-        broken / "book/runtimes.html",
+        [
+            "dead link 'no-such-page.html': no file book/no-such-page.html",
+            "dead link 'intro.html#no-such-anchor': no anchor #no-such-anchor in book/intro.html",
+        ],
+    ),
+    # the default Sphinx set-up, MathJax from a CDN: blocked (the network is unplugged) and reported
+    "off-machine-request": (
+        "book/runtimes.html",
         "</head>",
         '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script></head>',
-    )
-    rep = _check_copy(browser, broken, "book/runtimes.html")
-    assert any(p.startswith("off-machine request (blocked): https://cdn.jsdelivr.net/") for p in rep.problems)
+        ["off-machine request (blocked): https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"],
+    ),
+    "console-error": (
+        "book/runtimes.html",
+        "</body>",
+        "<script>console.error('boom')</script></body>",
+        ["console error: boom"],
+    ),
+}
 
 
-def test_detects_a_console_error(browser, broken):
-    _edit(broken / "book/runtimes.html", "</body>", "<script>console.error('boom')</script></body>")
-    rep = _check_copy(browser, broken, "book/runtimes.html")
-    assert "console error: boom" in rep.problems, rep.problems
+@pytest.mark.parametrize("case", INJECTIONS)
+def test_detects_an_injected_breakage(case, browser, broken):
+    page, old, new, wanted = INJECTIONS[case]
+    _edit(broken / page, old, new)
+    rep = _check_copy(browser, broken, page)
+    for want in wanted:
+        assert any(want in p for p in rep.problems), f"{want!r} not among {rep.problems}"
 
 
 def test_detects_a_colab_link_to_another_notebook(browser, broken):
