@@ -129,7 +129,10 @@ def chromium() -> Iterator:
     if exe is None:
         raise RuntimeError(browser_unavailable())
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        # Besides the per-request guard (open_page), no host name resolves: nothing reaches off-machine
+        # even if it slipped past Playwright's routing.
+        args = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+        browser = pw.chromium.launch(executable_path=exe, args=args, headless=True)
         try:
             yield browser
         finally:
