@@ -129,7 +129,10 @@ def chromium() -> Iterator:
     if exe is None:
         raise RuntimeError(browser_unavailable())
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        # Besides the per-request guard (open_page), no host name resolves: nothing reaches off-machine
+        # even if it slipped past Playwright's routing.
+        args = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+        browser = pw.chromium.launch(executable_path=exe, args=args, headless=True)
         try:
             yield browser
         finally:
@@ -250,34 +253,74 @@ def _guard(context, base_url: str, offsite: list[str]) -> None:
     context.route("**/*", handle)
 
 
+@dataclass
+class Watch:
+    """What one page did on the wire and in its console."""
+
+    console: list[str] = field(default_factory=list)
+    pageerror: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    offsite: list[str] = field(default_factory=list)
+    inflight: dict = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        return (
+            [f"off-machine request (blocked): {u}" for u in self.offsite]
+            + [f"console error: {m}" for m in self.console]
+            + [f"script error: {m}" for m in self.pageerror]
+            + [f"request failed: {m}" for m in self.failed]
+        )
+
+
 @contextlib.contextmanager
 def open_page(browser, base_url: str, viewport: dict | None = None) -> Iterator[tuple]:
-    """A fresh context and page on the local server; yields (page, events) where events collects
-    console errors, page errors, failed/4xx requests and aborted off-machine requests."""
+    """A fresh context and page on the local server; yields (page, Watch)."""
     context = browser.new_context(viewport=viewport or {"width": 1200, "height": 900})
-    events: dict[str, list[str]] = {"console": [], "pageerror": [], "failed": [], "offsite": []}
-    _guard(context, base_url, events["offsite"])
+    w = Watch()
+    _guard(context, base_url, w.offsite)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    page.on("console", lambda m: m.type == "error" and events["console"].append(m.text))
-    page.on("pageerror", lambda e: events["pageerror"].append(str(e)))
-    page.on("requestfailed", lambda r: events["failed"].append(f"{r.url} ({r.failure})"))
-    page.on("response", lambda r: r.status >= 400 and events["failed"].append(f"{r.url} (HTTP {r.status})"))
+    page.on("console", lambda m: m.type == "error" and w.console.append(m.text))
+    page.on("pageerror", lambda e: w.pageerror.append(str(e)))
+    page.on("request", lambda r: w.inflight.__setitem__(r, r.url))
+    page.on("requestfinished", lambda r: w.inflight.pop(r, None))
+
+    def failed(r):
+        w.inflight.pop(r, None)
+        w.failed.append(f"{r.url} ({r.failure})")
+
+    page.on("requestfailed", failed)
+    page.on("response", lambda r: r.status >= 400 and w.failed.append(f"{r.url} (HTTP {r.status})"))
     try:
-        yield page, events
+        yield page, w
     finally:
         context.close()
 
 
-def load(page, url: str, root: Path, rel: str) -> None:
+def settle(page, w: Watch, quiet_s: float = 0.3, cap_s: float = 15.0) -> None:
+    """Wait until no request has been in flight for `quiet_s` (late fonts, MathJax extensions); a request
+    still open after `cap_s` is an error. (Playwright's networkidle was seen to hang on a cached page.)"""
+    end = time.monotonic() + cap_s
+    quiet_since = None
+    while time.monotonic() < end:
+        if w.inflight:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        page.wait_for_timeout(50)  # lets Playwright deliver the request events
+    raise TimeoutError(f"requests still open after {cap_s:.0f} s: {sorted(w.inflight.values())}")
+
+
+def load(page, w: Watch, url: str, root: Path, rel: str) -> None:
     """Go to a page and wait until it is what a reader sees: images loaded, math typeset, fonts in."""
     refresh = parsed(root / rel).refresh
     page.goto(url, wait_until="load")
     if refresh:  # index.html only redirects: wait for the page it sends the reader to
-        page.wait_for_url(url.rsplit("/", 1)[0] + "/" + refresh)
-        page.wait_for_load_state("load")
-    page.wait_for_load_state("networkidle")
+        page.wait_for_url(url.rsplit("/", 1)[0] + "/" + refresh, wait_until="load")
     page.evaluate(_READY_JS)
+    settle(page, w)
 
 
 def check_colab(rep: PageReport, root: Path, links: list[dict], repo: Repo) -> None:
@@ -304,19 +347,15 @@ def check_page(browser, base_url: str, root: Path, rel: str, repo: Repo | None =
     repo = repo or Repo.from_config()
     rep = PageReport(rel)
     t0 = time.perf_counter()
-    with open_page(browser, base_url) as (page, ev):
+    with open_page(browser, base_url) as (page, w):
         try:
-            load(page, base_url + rel, root, rel)
+            load(page, w, base_url + rel, root, rel)
             info = page.evaluate(_INSPECT_JS)
         except Exception as exc:  # a page that does not load or settle is itself the failure
             rep.problems.append(f"did not load: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             info = None
         rep.final_url = page.url
-        # console and request problems are reported even when the page never settled
-        rep.problems += [f"off-machine request (blocked): {u}" for u in ev["offsite"]]
-        rep.problems += [f"console error: {m}" for m in ev["console"]]
-        rep.problems += [f"script error: {m}" for m in ev["pageerror"]]
-        rep.problems += [f"request failed: {m}" for m in ev["failed"]]
+        rep.problems += w.problems()  # reported even when the page never settled
     rep.seconds = time.perf_counter() - t0
     if info is None:
         return rep
@@ -356,7 +395,7 @@ _SEARCH_DONE_JS = r"""() => {
 def search(browser, base_url: str, word: str) -> tuple[list[str], list[str]]:
     """Run the book's own search page for `word`; returns (result page paths, problems)."""
     problems: list[str] = []
-    with open_page(browser, base_url) as (page, ev):
+    with open_page(browser, base_url) as (page, w):
         try:
             page.goto(f"{base_url}search.html?q={word}", wait_until="load")
             page.wait_for_function(_SEARCH_DONE_JS)
@@ -366,8 +405,7 @@ def search(browser, base_url: str, word: str) -> tuple[list[str], list[str]]:
         except Exception as exc:
             problems.append(f"search did not finish: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             hits = []
-        problems += [f"off-machine request (blocked): {u}" for u in ev["offsite"]]
-        problems += [f"console error: {m}" for m in ev["console"] + ev["pageerror"]]
+        problems += w.problems()
     return sorted({h[len(base_url) :] for h in hits if h.startswith(base_url)}), problems
 
 
@@ -375,10 +413,10 @@ def screenshot(browser, base_url: str, root: Path, rel: str, out: Path, size=(12
     """A viewport screenshot of one page as a reader first sees it, written atomically to `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    with open_page(browser, base_url, {"width": size[0], "height": size[1]}) as (page, ev):
-        load(page, base_url + rel, root, rel)
+    with open_page(browser, base_url, {"width": size[0], "height": size[1]}) as (page, w):
+        load(page, w, base_url + rel, root, rel)
         page.screenshot(path=str(tmp))
-        bad = ev["offsite"] + ev["console"] + ev["pageerror"] + ev["failed"]
+        bad = w.problems()
     if bad:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{rel}: not screenshotting a broken page: {bad}")

@@ -232,3 +232,30 @@ def test_detects_a_colab_link_to_another_notebook(browser, broken):
     _edit(broken / page, url, url.removesuffix(".ipynb") + ".md")
     rep = _check_copy(browser, broken, page)
     assert any(p.startswith("Colab link") for p in rep.problems), rep.problems
+
+
+# --- the vendored MathJax: only the pinned package, only from the book ---------------------------
+
+
+def test_vendor_refuses_a_tarball_that_is_not_the_pinned_one(tmp_path, monkeypatch):
+    import vendor_mathjax as vm
+
+    monkeypatch.setattr(vm, "CACHE", tmp_path)
+    fake = tmp_path / f"mathjax-{vm.VERSION}.tgz"
+    fake.write_bytes(b"not the package")
+    with pytest.raises(RuntimeError, match="is not the pinned"):
+        vm.fetch_tarball()
+    assert not fake.exists(), "a tarball that failed the check must not stay in the cache"
+
+
+@pytest.mark.parametrize(
+    "path", ["https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js", "//cdn/x.js"]
+)
+def test_vendor_refuses_a_mathjax_path_off_the_machine(path):
+    from types import SimpleNamespace
+
+    import vendor_mathjax as vm
+    from sphinx.errors import ExtensionError
+
+    with pytest.raises(ExtensionError, match="loads MathJax from the network"):
+        vm._on_config(None, SimpleNamespace(mathjax_path=path, html_static_path=[]))
