@@ -23,8 +23,11 @@ setup: $(STAMP)
 book: $(STAMP)
 	$(PY) scripts/build_book.py
 
-# Package tests and every chapter executed in quick mode under nbval (lax: the checks are asserts).
+# Package tests, the browser tests (tests/test_browser.py: every page of the book, built here in quick
+# mode, in headless Chromium with no network), and every chapter in quick mode under nbval (lax: the
+# checks are asserts). Without Chromium the browser tests are skipped and the summary says why.
 test: $(STAMP)
+	$(PY) scripts/build_book.py --quick
 	$(PY) scripts/prepare_nbval.py build/nbval
 	COMPANION_QUICK=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest tests build/nbval \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider

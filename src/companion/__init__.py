@@ -3,7 +3,7 @@
 See the book (``make book``) for the derivations; the public API is documented in README.md.
 """
 
-from . import book, grids, metrics, parameterization, reference, repro, schedules, solvers, targets
+from . import book, grids, metrics, noise, parameterization, reference, repro, schedules, solvers, targets
 from .sampling import sample
 
 __version__ = "0.1.0"
@@ -11,6 +11,7 @@ __all__ = [
     "book",
     "grids",
     "metrics",
+    "noise",
     "parameterization",
     "reference",
     "repro",

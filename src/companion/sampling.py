@@ -10,6 +10,8 @@ from torch import Tensor
 from . import grids
 from . import parameterization as P
 from . import solvers as S
+from .noise import NoiseSource
+from .noise import resolve as resolve_noise
 from .schedules import Schedule
 from .solvers.base import Evaluator
 
@@ -26,7 +28,7 @@ def sample(
     schedule: Schedule,
     prediction: str = "eps",
     solver: str = "dpmsolver++",
-    order: int = 2,
+    order: int | None = None,
     method: str = "multistep",
     steps: int = 20,
     grid: str = "logsnr",
@@ -41,6 +43,7 @@ def sample(
     x0_fn: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
+    noise: NoiseSource | None = None,
     **options,
 ) -> Tensor:
     """Integrate from ``x_T`` at ``t_start`` down to ``t_end`` and return the sample.
@@ -56,6 +59,8 @@ def sample(
     and diffusers' per-scheduler rules). ``denoise_to_zero`` adds one evaluation that returns the data
     prediction at ``t_end``. ``x0_fn`` corrects every data prediction (e.g. dynamic thresholding).
     Solver options (``eta``, ``corrector``, ``atol``, ...) go in ``options``; see ``solvers.available()``.
+    Stochastic solvers draw their normals from ``noise`` (a :mod:`companion.noise` source: per-sample
+    seeds, a Brownian path, injected noise) or else from ``generator`` (not batch-invariant).
     """
     if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.dim() < 1:
         raise TypeError("x_T must be a floating-point tensor of shape (B, ...)")
@@ -63,6 +68,8 @@ def sample(
         raise TypeError(f"schedule must be a companion.schedules.Schedule; got {type(schedule).__name__}")
     prediction = P.canonical(prediction)
     entry = S.get(solver)
+    if order is None:  # the solver's default: 2 where it has one (DPM-Solver family), else its only order
+        order = 2 if 2 in entry.orders else entry.orders[0]
     if not isinstance(order, int) or isinstance(order, bool) or order not in entry.orders:
         raise ValueError(f"order must be one of {list(entry.orders)} for solver {solver!r}; got {order!r}")
     if method not in entry.methods:
@@ -120,6 +127,7 @@ def sample(
         x0_fn=x0_fn,
         generator=generator,
         callback=callback,
+        noise=resolve_noise(noise, generator),
     )
     x = entry.build(order=order, method=method, variant=variant, **options)(prob)
     if denoise_to_zero:

@@ -150,3 +150,6 @@ try:  # the SDE family lives in its own module, written separately
     from . import sde  # noqa: F401
 except ImportError:
     pass
+
+# --- stochastic solvers (registered by the SDE work; see stochastic.py and companion.noise) ---
+from . import stochastic  # noqa: E402, F401

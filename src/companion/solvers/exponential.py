@@ -51,7 +51,7 @@ class DDIM:
             a,
             b[:, None],
             noise=std,
-            generator=prob.generator,
+            draw=prob.noise_stream(pts.t, prob.x),
             callback=prob.callback,
         )
 

@@ -14,6 +14,7 @@ The default is the exact Lagrange weights, which integrate a degree-2 m(lambda) 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -211,7 +212,7 @@ def run(
     B: Tensor,
     corrector: tuple[Tensor, Tensor] | None = None,
     noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    draw: Callable[[int], Tensor] | None = None,
     callback=None,
 ) -> Tensor:
     """The multistep loop: one model call per step, history kept in an explicit list (newest first)."""
@@ -229,9 +230,7 @@ def run(
             out, cx, co = ev.linear(x, plan[i])
             terms = [(a_[i] + b_[0][i] * cx, x), (b_[0][i] * co, out)]
             if s_ is not None:
-                terms.append(
-                    (s_[i], torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-                )
+                terms.append((s_[i], draw(i)))  # a companion.noise stream
             x = lincomb(terms)
             if callback is not None:
                 callback(i, x)
@@ -246,7 +245,7 @@ def run(
         x_prev = x
         terms = [(a_[i], x)] + [(b_[j][i] * cj, uj) for j, (uj, cj) in enumerate(hist[: orders[i]])]
         if s_ is not None:
-            terms.append((s_[i], torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)))
+            terms.append((s_[i], draw(i)))  # a companion.noise stream
         x = lincomb(terms)
         if callback is not None:
             callback(i, x)

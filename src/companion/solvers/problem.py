@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..noise import NoiseSource, NoiseStream, resolve
 from ..schedules import Schedule
 from .base import Evaluator, Points
 
@@ -27,6 +28,13 @@ class Problem:
     x0_fn: Callable[[Tensor], Tensor] | None = None
     generator: torch.Generator | None = None
     callback: Callable[[int, Tensor], None] | None = None
+    # --- stochastic solvers (companion.noise) ---
+    noise: NoiseSource | None = None
+
+    def noise_stream(self, grid: Tensor, x: Tensor) -> NoiseStream:
+        """The step normals of a stochastic run on ``grid``: from ``noise``, else ``generator``."""
+        src = self.noise if self.noise is not None else resolve(None, self.generator)
+        return src.stream(grid, x)
 
     def evaluator(self, target: str) -> Evaluator:
         return Evaluator(self.model, self.schedule, self.prediction, target, self.x, self.x0_fn)

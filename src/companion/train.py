@@ -1,0 +1,287 @@
+"""Train the project's small models: ``python -m companion.train <recipe> [--out models/]``.
+
+Recipes (``python -m companion.train --list``): MLP eps-models for 2-D toy sets, a class-conditional
+UNet for sklearn's 8x8 digits in eps and v prediction (label dropout for classifier-free guidance),
+and the digits classifier behind the quality metric (train it first: the UNet cards use it).
+
+Diffusion models learn the continuous-time VP SDE ``VPLinear(0.1, 20)`` (Song et al. 2021) with
+t ~ U(1e-3, 1): any solver grid is then in-distribution, and the 1000-step DDPM linear schedule is
+this SDE's discretisation (beta_n = beta(t_n) / 1000). Targets: eps for "eps", and
+v = alpha eps - sigma x0 (Salimans & Ho 2022, eq. 9 with alpha^2 + sigma^2 = 1) for "v".
+Weights are the EMA of the iterates. Runs are deterministic for a given seed, thread count and torch build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from . import data
+from .models import io, nets
+from .sampling import sample as cp_sample
+from .schedules import VPLinear
+
+__all__ = ["Recipe", "RECIPES", "train", "eval_sample", "main"]
+
+SCHEDULE = {"name": "vp_linear", "params": {"beta_min": 0.1, "beta_max": 20.0}}
+T_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run depends on; it is written into the model's card."""
+
+    task: str  # "toy", "digits" or "classifier"
+    arch: str
+    config: dict[str, Any] = field(default_factory=dict)
+    data: str = "digits"
+    prediction: str | None = "eps"
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 2e-3
+    ema: float = 0.999
+    p_uncond: float = 0.1
+    seed: int = 0
+    eval_samples: int = 1000
+    eval_steps: int = 25
+
+
+_MLP = {"dim": 2, "hidden": 128, "depth": 3}
+_UNET = {"ch": 32, "emb": 128, "num_classes": 10}
+RECIPES: dict[str, Recipe] = {
+    "digits-classifier": Recipe(
+        "classifier", "DigitsClassifier", {"ch": 32, "feat": 64}, prediction=None, steps=1000, batch=128
+    ),
+    "digits-unet-eps": Recipe("digits", "DigitsUNet", _UNET, prediction="eps"),
+    "digits-unet-v": Recipe("digits", "DigitsUNet", _UNET, prediction="v"),
+    "moons-mlp-eps": Recipe("toy", "MLPScore", _MLP, data="moons", steps=4000, batch=512),
+    "8gaussians-mlp-eps": Recipe("toy", "MLPScore", _MLP, data="8gaussians", steps=4000, batch=512),
+    "checkerboard-mlp-eps": Recipe("toy", "MLPScore", _MLP, data="checkerboard", steps=4000, batch=512),
+}
+
+
+def _lr_at(step: int, recipe: Recipe) -> float:
+    """Linear warm-up over 100 steps, then cosine decay to 0."""
+    warm = min(100, recipe.steps // 10 + 1)
+    if step < warm:
+        return recipe.lr * (step + 1) / warm
+    frac = (step - warm) / max(1, recipe.steps - warm)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def _batch_sampler(recipe: Recipe, g: torch.Generator) -> Callable[[], tuple[Tensor, Tensor | None]]:
+    if recipe.task == "toy":
+        return lambda: (data.sample_toy(recipe.data, recipe.batch, g), None)
+    x, y = data.digits("train")
+
+    def draw() -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, x.shape[0], (recipe.batch,), generator=g)
+        return x[idx], y[idx]
+
+    return draw
+
+
+def _diffusion_loss(
+    net: nn.Module, x0: Tensor, y: Tensor | None, recipe: Recipe, g: torch.Generator
+) -> Tensor:
+    sched = VPLinear(**SCHEDULE["params"])
+    b = x0.shape[0]
+    t = T_EPS + (1 - T_EPS) * torch.rand(b, generator=g, dtype=torch.float64)
+    shape = (b,) + (1,) * (x0.ndim - 1)
+    alpha, sigma = sched.alpha(t).float().view(shape), sched.sigma(t).float().view(shape)
+    eps = torch.randn(x0.shape, generator=g)
+    xt = alpha * x0 + sigma * eps
+    if y is not None:
+        drop = torch.rand(b, generator=g) < recipe.p_uncond
+        y = torch.where(drop, torch.full_like(y, net.num_classes), y)
+    target = eps if recipe.prediction == "eps" else alpha * eps - sigma * x0
+    return F.mse_loss(net(xt, t.float(), y), target)
+
+
+def _step_loss(recipe: Recipe) -> Callable[[nn.Module, Tensor, Tensor | None, torch.Generator], Tensor]:
+    if recipe.task == "classifier":
+        return lambda net, x, y, g: F.cross_entropy(net(x), y)
+    return lambda net, x, y, g: _diffusion_loss(net, x, y, recipe, g)
+
+
+def train(
+    name: str, recipe: Recipe | None = None, out: str | Path | None = None, evaluate: bool = True
+) -> dict[str, Any]:
+    """Train recipe ``name`` (or the given ``recipe``), save weights and card to ``out``; return the card."""
+    if recipe is None:
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
+        recipe = RECIPES[name]
+    if recipe.task not in ("toy", "digits", "classifier"):
+        raise ValueError(f"recipe.task must be 'toy', 'digits' or 'classifier'; got {recipe.task!r}")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(name, recipe, out, evaluate)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(name: str, recipe: Recipe, out: str | Path | None, evaluate: bool) -> dict[str, Any]:
+    torch.manual_seed(recipe.seed)
+    g = torch.Generator().manual_seed(recipe.seed)
+    net = nets.ARCHITECTURES[recipe.arch](**recipe.config)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+    draw, loss_fn = _batch_sampler(recipe, g), _step_loss(recipe)
+    losses: list[float] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    bar = tqdm(range(recipe.steps), desc=name, disable=True if os.environ.get("TQDM_DISABLE") else None)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, recipe)
+        x, y = draw()
+        loss = loss_fn(net, x, y, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        # EMA with a warm-up (decay (1+n)/(10+n) early on) so short runs are not dominated by the init.
+        decay = min(recipe.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+                pe.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    ema.eval()
+    tail = losses[-min(200, len(losses)) :]
+    card: dict[str, Any] = {
+        "name": name,
+        "arch": recipe.arch,
+        "config": dict(recipe.config),
+        "prediction": recipe.prediction,
+        "schedule": None if recipe.task == "classifier" else SCHEDULE,
+        "recipe": asdict(recipe),
+        "seed": recipe.seed,
+        "steps": recipe.steps,
+        "final_loss": sum(tail) / len(tail),
+        "final_loss_note": f"mean training loss of the last {len(tail)} steps",
+        "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": f"python -m companion.train {name}",
+    }
+    if evaluate:
+        card["quality"] = _quality(name, ema, recipe, out)
+    path = io.save(ema, name, card, out)
+    card = io.load_card(name, path.parent)
+    return card
+
+
+# ----------------------------------------------------------------------------- quality figures
+def _energy_distance(a: Tensor, b: Tensor) -> float:
+    """Energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| (Szekely & Rizzo 2013), zero iff equal laws."""
+    a, b = a.double(), b.double()
+    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+
+
+def eval_sample(
+    model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, prediction: str, steps: int = 25
+) -> Tensor:
+    """The sampler behind the cards: DPM-Solver++(2M), ``steps`` steps, log-SNR grid, t from 1 to 1e-3."""
+    return cp_sample(
+        model,
+        x_T,
+        schedule=VPLinear(**SCHEDULE["params"]),
+        prediction=prediction,
+        solver="dpmsolver++",
+        order=2,
+        method="multistep",
+        steps=steps,
+        grid="logsnr",
+        t_start=1.0,
+        t_end=T_EPS,
+    )
+
+
+@torch.no_grad()
+def _quality(name: str, net: nn.Module, recipe: Recipe, out: str | Path | None) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(10_000 + recipe.seed)
+    n = recipe.eval_samples
+    if recipe.task == "classifier":
+        x, y = data.digits("test")
+        acc = float((net(x).argmax(1) == y).double().mean())
+        return {"test_accuracy": acc, "test_size": int(y.numel())}
+    model = io.Model(net, {"name": name})
+    q: dict[str, Any] = {
+        "solver": f"DPM-Solver++(2M), {recipe.eval_steps} steps, log-SNR grid, t from 1 to {T_EPS}",
+        "n": n,
+    }
+    if recipe.task == "toy":
+        gen = eval_sample(
+            model.cond(None), torch.randn(n, 2, generator=g), recipe.prediction, recipe.eval_steps
+        )
+        real_a, real_b = data.sample_toy(recipe.data, n, g), data.sample_toy(recipe.data, n, g)
+        q["energy_distance"] = _energy_distance(gen, real_a)
+        q["energy_distance_real_vs_real"] = _energy_distance(real_b, real_a)
+        return q
+    from . import digits_metrics as dm
+
+    clf = dm.classifier(out)
+    test_x, _ = data.digits("test")
+    labels = torch.arange(n) % 10
+    x_T = torch.randn(n, 1, 8, 8, generator=g)
+    q["reference"] = f"{test_x.shape[0]} held-out digits"
+    q["fd_train_vs_test"] = dm.digits_fd(data.digits("train")[0], test_x, clf)
+    xs = eval_sample(model.cond(None), x_T, recipe.prediction, recipe.eval_steps)
+    q["unconditional"] = {"fd": dm.digits_fd(xs, test_x, clf)}
+    for w in (1.0, 2.0, 4.0):
+        xs = eval_sample(model.cond(labels, guidance=w), x_T, recipe.prediction, recipe.eval_steps)
+        q[f"guidance_{w:g}"] = {
+            "fd": dm.digits_fd(xs, test_x, clf),
+            "accuracy": dm.class_accuracy(xs, labels, clf),
+        }
+    return q
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m companion.train", description=__doc__.splitlines()[0])
+    p.add_argument("recipe", nargs="*", help=f"recipe names or 'all' (in order: {', '.join(RECIPES)})")
+    p.add_argument("--out", default=None, help="output directory (default: the repository's models/)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (weights depend on it; default 1)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's step count (smoke runs)")
+    p.add_argument("--no-eval", action="store_true", help="skip the quality figures")
+    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    args = p.parse_args(argv)
+    if args.list or not args.recipe:
+        for k, r in RECIPES.items():
+            print(f"{k:24s} {r.task:10s} {r.arch:16s} steps={r.steps} batch={r.batch}")
+        return
+    names = list(RECIPES) if args.recipe == ["all"] else args.recipe
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        p.error(f"unknown recipe(s) {unknown}; available: {sorted(RECIPES)}")
+    torch.set_num_threads(args.threads)
+    for n in names:
+        r = RECIPES[n] if args.steps is None else replace(RECIPES[n], steps=args.steps)
+        card = train(n, r, args.out, evaluate=not args.no_eval)
+        print(
+            f"{n}: {card['file']} sha256={card['sha256'][:16]} loss={card['final_loss']:.4f} "
+            f"time={card['train_seconds']}s quality={card.get('quality')}"
+        )
+
+
+if __name__ == "__main__":
+    main()

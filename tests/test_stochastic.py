@@ -1,0 +1,319 @@
+"""Stochastic samplers through companion.sample: weak accuracy, strong order, noise invariants, the
+interpolant family, exactness on point masses and polynomial data predictions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+import companion as cp
+from companion import metrics
+from companion.noise import BrownianPath, InjectedNoise, PerSampleNoise
+from companion.targets import Gaussian, GaussianMixture
+
+VP = cp.schedules.VPLinear()
+T_END = 1e-3
+
+
+def _mixture(d: int) -> GaussianMixture:
+    g = torch.Generator().manual_seed(d)
+    means = 1.5 * torch.randn(3, d, generator=g, dtype=torch.float64)
+    var = 0.05 + 0.3 * torch.rand(3, d, generator=g, dtype=torch.float64)
+    return GaussianMixture(means, var, [0.3, 0.5, 0.2])
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _slope(ns, errs) -> float:
+    return float(-np.polyfit(np.log(ns), np.log(errs), 1)[0])
+
+
+# --- weak accuracy ---------------------------------------------------------------------------------
+WEAK = [
+    ("euler-maruyama", {}),
+    ("ancestral", {}),
+    ("sde-dpmsolver++", {"order": 2}),
+    ("pc", {}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d", [2, 16])
+def test_weak_accuracy_moments_and_mmd(d):
+    """20k samples at 200 steps, exact scores: mean and covariance within 4 standard errors of p_{t_end}'s,
+    MMD^2 within 2x the two-sample noise floor (RMS of the estimator between exact sample sets)."""
+    n, n_mmd = 20_000, 2_000
+    gmm = _mixture(d)
+    model = gmm.model(VP, "eps")
+    x_T = gmm.sample_t(n, 1.0, VP, generator=_gen(1))
+    exact = gmm.sample_t(n, T_END, VP, generator=_gen(2))
+    m, C = gmm.mean_t(T_END, VP), gmm.cov_t(T_END, VP)
+    se_m = (C.diag() / n).sqrt()
+    dev = exact - m
+    se_C = (dev[:, :, None] * dev[:, None, :]).std(0) / math.sqrt(n)
+    h = metrics.median_bandwidth(exact)
+    floor = metrics.mmd2_noise_floor(
+        lambda k, g: gmm.sample_t(k, T_END, VP, generator=g), n_mmd, 8, _gen(3), h
+    )
+    floor = float(floor.square().mean().sqrt())
+    for solver, kw in WEAK:
+        x = cp.sample(model, x_T, schedule=VP, solver=solver, steps=200, t_end=T_END, generator=_gen(4), **kw)
+        zm = ((x.mean(0) - m) / se_m).abs().max()
+        zC = ((torch.cov(x.T, correction=0) - C) / se_C).abs().max()
+        mmd = metrics.mmd2(x[:n_mmd], exact[:n_mmd], h)
+        assert zm < 4 and zC < 4, (solver, float(zm), float(zC))
+        assert mmd < 2 * floor, (solver, mmd, floor)
+
+
+# --- strong order ----------------------------------------------------------------------------------
+NS = [40, 80, 160, 320]
+N_FINE = 5120
+MU, C0, B = 0.3, 0.25, 128
+
+
+def _path_solution(path: BrownianPath, x_T: Tensor, eps_fn) -> Tensor:
+    """The eps-family SDE on data N(MU, C0 I) is linear in z = x - alpha MU:
+    dz = (v'/(2v) + eps/v) z dt + sqrt(2 eps) dW_bar, v = alpha^2 C0 + sigma^2. Exact factors per fine step,
+    the Ito integral by the midpoint value of its deterministic integrand times the fine increment."""
+    t = path.times.flip(0)  # decreasing
+    al, sg = VP.alpha(t), VP.sigma(t)
+    v = al**2 * C0 + sg**2
+    m = (t[:-1] + t[1:]) / 2
+    vm = VP.alpha(m) ** 2 * C0 + VP.sigma(m) ** 2
+    em = eps_fn(m)
+    dt = t[:-1] - t[1:]
+    decay = torch.exp(-(0.5 * torch.log(v[:-1] / v[1:]) + em / vm * dt))
+    kick = torch.exp(-(0.5 * torch.log(vm / v[1:]) + em / vm * dt / 2)) * torch.sqrt(2 * em)
+    dw = path.fine_increments(x_T).flip(0)  # dw[k] = W(t_k) - W(t_{k+1})
+    z = x_T - al[0] * MU
+    for k in range(dt.numel()):
+        z = decay[k] * z + kick[k] * dw[k]
+    return z + al[-1] * MU
+
+
+def _g2half(t):
+    return VP.g2(t) / 2
+
+
+STRONG = [  # (solver, options, diffusion eps(t) of the SDE it converges to, derived strong order)
+    ("euler-maruyama", {"final_noise": True}, _g2half, 1.0),
+    ("ancestral", {}, _g2half, 1.0),
+    ("ddim", {"order": 1, "eta": 0.5}, lambda t: 0.25 * _g2half(t), 1.0),
+    ("sde-dpmsolver++", {"order": 1}, _g2half, 1.0),
+    ("sde-dpmsolver++", {"order": 2}, _g2half, 1.0),
+    ("sde-dpmsolver++", {"order": 2, "variant": "heun"}, _g2half, 1.0),
+    ("sde-dpmsolver++", {"order": 3}, _g2half, 1.0),
+    ("sde-dpmsolver++", {"order": 3, "variant": "legacy"}, _g2half, 1.0),
+    ("interpolant", {"diffusion": 0.05}, lambda t: torch.full_like(t, 0.05), 1.0),
+    ("interpolant", {"diffusion": lambda t: 0.5 * _g2half(t)}, lambda t: 0.5 * _g2half(t), 1.0),
+]
+
+
+@pytest.fixture(scope="module")
+def gaussian_path():
+    tgt = Gaussian(torch.full((2,), MU, dtype=torch.float64), C0)
+    path = BrownianPath(range(B), cp.grids.logsnr(VP, 1.0, T_END, N_FINE))
+    x_T = tgt.sample_t(B, 1.0, VP, generator=_gen(0))
+    return tgt.model(VP, "eps"), path, x_T
+
+
+_REF: dict = {}
+
+
+def _strong_errors(gaussian_path, solver, kw, eps_fn):
+    model, path, x_T = gaussian_path
+    if eps_fn not in _REF:
+        _REF[eps_fn] = _path_solution(path, x_T, eps_fn)
+    ref = _REF[eps_fn]
+    errs = []
+    for n in NS:
+        x = cp.sample(model, x_T, schedule=VP, solver=solver, steps=n, t_end=T_END, noise=path, **kw)
+        errs.append(float((x - ref).square().sum(1).mean().sqrt()))
+    return errs
+
+
+@pytest.mark.parametrize(
+    "solver,kw,eps_fn,order", STRONG, ids=lambda v: str(v) if isinstance(v, str) else None
+)
+def test_strong_order_on_gaussian(gaussian_path, solver, kw, eps_fn, order):
+    errs = _strong_errors(gaussian_path, solver, kw, eps_fn)
+    assert abs(_slope(NS, errs) - order) < 0.25, (errs, _slope(NS, errs))
+
+
+def test_predictor_corrector_is_not_pathwise_convergent(gaussian_path):
+    """Derived strong order 0: the Langevin corrector's noise is independent of the Brownian path, so the
+    error does not fall with the step count (it grows as more corrector moves accumulate)."""
+    errs = _strong_errors(gaussian_path, "pc", {"final_noise": True}, _g2half)
+    assert _slope(NS, errs) < 0.25, errs
+
+
+# --- noise invariants ------------------------------------------------------------------------------
+ALL = [
+    ("euler-maruyama", {}),
+    ("ancestral", {}),
+    ("ddim", {"order": 1, "eta": 0.7}),
+    ("sde-dpmsolver++", {"order": 2}),
+    ("sde-dpmsolver++", {"order": 3}),
+    ("pc", {}),
+    ("pc", {"predictor": "ancestral", "corrector_steps": 2}),
+    ("interpolant", {"diffusion": 0.5}),
+]
+
+
+@pytest.mark.parametrize("solver,kw", ALL)
+def test_batch_invariance_bit_for_bit(solver, kw):
+    gmm = _mixture(3)
+    model = gmm.model(VP, "eps")
+    seeds = [7, 1, 99, 5, 123456789, 0, 31]
+    noise = PerSampleNoise(seeds)
+    x_T = noise.randn(3, dtype=torch.float64)
+    out = cp.sample(model, x_T, schedule=VP, solver=solver, steps=12, t_end=T_END, noise=noise, **kw)
+    for i, s in enumerate(seeds):
+        alone = PerSampleNoise([s])
+        x1 = cp.sample(
+            model, alone.randn(3, dtype=torch.float64), schedule=VP, solver=solver, steps=12, t_end=T_END,
+            noise=alone, **kw,
+        )  # fmt: skip
+        assert torch.equal(out[i], x1[0]), (solver, i)
+
+
+@pytest.mark.parametrize("solver,kw", ALL)
+def test_same_seed_same_result_other_seed_other_result(solver, kw):
+    gmm = _mixture(2)
+    model = gmm.model(VP, "eps")
+    x_T = torch.randn(5, 2, generator=_gen(0), dtype=torch.float64)
+
+    def run(**noise):
+        return cp.sample(model, x_T, schedule=VP, solver=solver, steps=8, t_end=T_END, **kw, **noise)
+
+    assert torch.equal(run(noise=PerSampleNoise(range(5))), run(noise=PerSampleNoise(range(5))))
+    assert torch.equal(run(generator=_gen(3)), run(generator=_gen(3)))
+    a, b = run(noise=PerSampleNoise(range(5))), run(noise=PerSampleNoise(range(5, 10)))
+    assert not torch.isclose(a, b).any()
+    assert not torch.isclose(run(generator=_gen(3)), run(generator=_gen(4))).any()
+
+
+# --- the interpolant family ------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("eps", [0.0, 0.5, 1.0, 2.0])
+def test_interpolant_family_keeps_the_marginals(eps):
+    """For every diffusion eps >= 0 the samples at t = 0.5 and at t_end match p_t (MMD^2 < 3x floor)."""
+    n = 3000
+    gmm = _mixture(2)
+    model = gmm.model(VP, "eps")
+    x_T = gmm.sample_t(n, 1.0, VP, generator=_gen(10))
+    for t_end in (0.5, T_END):
+        exact = gmm.sample_t(n, t_end, VP, generator=_gen(11))
+        h = metrics.median_bandwidth(exact)
+        floor = metrics.mmd2_noise_floor(
+            lambda k, g, t_end=t_end: gmm.sample_t(k, t_end, VP, generator=g), n, 6, _gen(12), h
+        )
+        floor = float(floor.square().mean().sqrt())
+        x = cp.sample(
+            model, x_T, schedule=VP, solver="interpolant", diffusion=eps, steps=200, t_end=t_end,
+            noise=PerSampleNoise(range(n)),
+        )  # fmt: skip
+        assert metrics.mmd2(x, exact, h) < 3 * floor, (eps, t_end)
+
+
+def test_interpolant_reduces_to_ddim_and_ancestral():
+    gmm = _mixture(2)
+    model = gmm.model(VP, "eps")
+    x_T = torch.randn(6, 2, generator=_gen(0), dtype=torch.float64)
+    z = InjectedNoise(torch.randn(10, 6, 2, generator=_gen(1), dtype=torch.float64))
+
+    def run(solver, **kw):
+        return cp.sample(model, x_T, schedule=VP, solver=solver, steps=10, t_end=T_END, noise=z, **kw)
+
+    torch.testing.assert_close(run("interpolant", diffusion=0.0), run("ddim", order=1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(run("interpolant", diffusion=_g2half), run("ancestral"), rtol=0, atol=1e-10)
+    torch.testing.assert_close(run("sde-dpmsolver++", order=1), run("ancestral"), rtol=0, atol=1e-12)
+    torch.testing.assert_close(run("ddim", order=1, eta=1.0), run("ancestral"), rtol=0, atol=1e-12)
+
+
+# --- exactness -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "solver,kw", [("ancestral", {}), ("sde-dpmsolver++", {"order": 2}), ("interpolant", {"diffusion": 1.0})]
+)
+def test_point_mass_no_residual_noise_at_few_steps(solver, kw):
+    """On a point mass the data prediction is exact, so these samplers draw p_{t_end} = N(alpha x*, sigma^2)
+    exactly at any step count: at 5 steps the residual noise is sigma_{t_end}, not the g sqrt(dt) of EM."""
+    n, atom = 20_000, torch.tensor([[0.7, -1.2]], dtype=torch.float64)
+    pm = GaussianMixture.point_masses(atom)
+    x_T = torch.randn(n, 2, generator=_gen(0), dtype=torch.float64)
+    x = cp.sample(
+        pm.model(VP, "eps"), x_T, schedule=VP, solver=solver, steps=5, t_end=0.01, generator=_gen(1), **kw
+    )
+    a, s = float(VP.alpha(torch.tensor(0.01))), float(VP.sigma(torch.tensor(0.01)))
+    assert (x.mean(0) - a * atom[0]).abs().max() < 4 * s / math.sqrt(n)
+    assert (x.std(0) / s - 1).abs().max() < 4 / math.sqrt(2 * n)
+
+
+def _sde_step_exact(x, s, t, poly):
+    """Noise-free part of the reverse SDE's solution over one step when x0(lambda) = poly(lambda):
+    (sigma_t/sigma_s) e^{-h} x + alpha_t int_0^h 2 e^{-2(h-u)} poly(lambda_s + u) du (Gauss-Legendre)."""
+    xg, wg = (torch.as_tensor(v, dtype=torch.float64) for v in np.polynomial.legendre.leggauss(40))
+    ls, lt = VP.lambda_(s), VP.lambda_(t)
+    h = lt - ls
+    u = h / 2 * (xg + 1)
+    integral = (wg * h * torch.exp(-2 * (h - u)) * poly(ls + u)).sum()
+    return VP.sigma(t) / VP.sigma(s) * torch.exp(-h) * x + VP.alpha(t) * integral
+
+
+@pytest.mark.parametrize("order,variant,exact_degree", [(2, "heun", 1), (3, "midpoint", 2), (3, "legacy", 1)])
+def test_sde_dpmsolver_steps_integrate_polynomial_data_predictions(order, variant, exact_degree):
+    """A step of the exact k-step method integrates any degree-(k-1) x0(lambda) exactly; the legacy 3M
+    (E3(2h) where 2 E3(2h) is needed) only degree 1."""
+    from companion.solvers.base import Points
+    from companion.solvers.stochastic import sde_dpm_coefs
+
+    grid = cp.grids.logsnr(VP, 1.0, 0.01, 12) ** 1.1  # a non-uniform lambda grid
+    pts = Points.of(VP, grid)
+    orders = [min(order, i + 1) for i in range(12)]
+    A, B, _ = sde_dpm_coefs(pts, orders, variant)
+    x = torch.tensor(0.37, dtype=torch.float64)
+    for deg in (1, 2):
+        c = [0.3, -0.8, 0.25][: deg + 1]
+
+        def poly(lam, c=c):
+            return sum(ck * lam**k for k, ck in enumerate(c))
+
+        err = max(
+            float((A[i] * x + sum(B[i, j] * poly(pts.lam[i - j]) for j in range(order)) - _sde_step_exact(
+                x, grid[i], grid[i + 1], poly)).abs())
+            for i in range(order - 1, 12)
+        )  # fmt: skip
+        assert (err < 1e-12) == (deg <= exact_degree), (deg, err)
+
+
+# --- argument checks -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "solver,kw,match",
+    [
+        ("ancestral", {"eta": 1.5}, "eta"),
+        ("interpolant", {"diffusion": -1.0}, "diffusion"),
+        ("pc", {"snr": 0.0}, "snr"),
+        ("pc", {"predictor": "heun"}, "predictor"),
+        ("pc", {"corrector_steps": -1}, "corrector_steps"),
+        ("euler-maruyama", {"order": 2}, "order"),
+        ("sde-dpmsolver++", {"variant": "taylor"}, "variant"),
+    ],
+)
+def test_bad_arguments(solver, kw, match):
+    x = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=match):
+        cp.sample(lambda x, t: x, x, schedule=VP, solver=solver, steps=3, t_end=T_END, **kw)
+
+
+def test_noise_and_generator_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        cp.sample(
+            lambda x, t: x, torch.zeros(1, 2), schedule=VP, solver="ancestral", steps=3, t_end=T_END,
+            noise=PerSampleNoise([0]), generator=_gen(0),
+        )  # fmt: skip

@@ -1,0 +1,89 @@
+"""Training is reproducible: the same recipe and seed give byte-identical safetensors (same SHA-256).
+
+Runs tiny versions of the recipes (a few steps of small networks) so the file stays fast; the full
+recipes differ only in sizes and step counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from companion import models, train
+
+TINY_MLP = train.Recipe(
+    "toy",
+    "MLPScore",
+    {"dim": 2, "hidden": 16, "depth": 1},
+    data="moons",
+    steps=20,
+    batch=64,
+    eval_samples=64,
+    eval_steps=5,
+)
+TINY_UNET = train.Recipe(
+    "digits", "DigitsUNet", {"ch": 8, "emb": 16, "num_classes": 10}, prediction="v", steps=3, batch=16
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("recipe", [TINY_MLP, TINY_UNET], ids=["mlp", "unet"])
+def test_same_seed_same_weights_hash(tmp_path, recipe):
+    # The UNet's quality figures need the shipped classifier, which is not the point here.
+    evaluate = recipe.task == "toy"
+    a = train.train("tiny", recipe, tmp_path / "a", evaluate=evaluate)
+    b = train.train("tiny", recipe, tmp_path / "b", evaluate=evaluate)
+    c = train.train("tiny", replace(recipe, seed=1), tmp_path / "c", evaluate=evaluate)
+    assert a["sha256"] == models.sha256(tmp_path / "a" / "tiny.safetensors")
+    assert a["sha256"] == b["sha256"]
+    assert a["sha256"] != c["sha256"]
+    assert a["final_loss"] == b["final_loss"]
+    if evaluate:
+        assert a["quality"] == b["quality"]
+
+
+def test_card_records_the_run_and_loads(tmp_path):
+    card = train.train("tiny", TINY_MLP, tmp_path)
+    for key in ("recipe", "seed", "steps", "final_loss", "train_seconds", "quality", "sha256", "schedule"):
+        assert key in card
+    assert card["recipe"]["steps"] == TINY_MLP.steps and card["seed"] == TINY_MLP.seed
+    m = models.load("tiny", tmp_path)
+    assert m.prediction == "eps" and m.schedule is not None
+    x = torch.randn(5, 2)
+    assert m(x, torch.tensor(0.5)).shape == (5, 2)
+    torch.testing.assert_close(m(x, torch.full((5,), 0.5)), m(x, 0.5))
+
+
+def test_recipes_are_well_formed():
+    for name, r in train.RECIPES.items():
+        assert r.arch in models.ARCHITECTURES, name
+        models.ARCHITECTURES[r.arch](**r.config)
+        assert r.prediction in ((None,) if r.task == "classifier" else ("eps", "v")), name
+
+
+def test_train_restores_the_determinism_flag(tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    train.train("tiny", replace(TINY_MLP, steps=1), tmp_path, evaluate=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_unknown_recipe_is_named():
+    with pytest.raises(ValueError, match="nope"):
+        train.train("nope")
+    with pytest.raises(SystemExit):
+        train.main(["nope"])
+
+
+def test_cli_lists_recipes(capsys):
+    train.main(["--list"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in train.RECIPES)
