@@ -179,4 +179,7 @@ def glue(name: str, value: Any, display: bool = False) -> None:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - only outside the book environment
         return
+    # myst-nb formats glued numbers with Python's format spec, which numpy and torch scalars refuse.
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
     _glue(name, value, display=display)
