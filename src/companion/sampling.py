@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -54,7 +55,7 @@ def sample(
     ``lower_order_final`` drops the last steps to orders ..., 2, 1 below 15 steps; ``compat`` picks a peer's
     final-step rules: ``"dpm-solver"`` (below 10 steps, the official code) or ``"diffusers"`` (below 15,
     and diffusers' per-scheduler rules). ``denoise_to_zero`` adds one evaluation that returns the data
-    prediction at ``t_end``. ``x0_fn`` corrects every data prediction (e.g. dynamic thresholding).
+    prediction at ``t_end`` (none when sigma(t_end) = 0). ``x0_fn`` corrects every data prediction (e.g. dynamic thresholding).
     Solver options (``eta``, ``corrector``, ``atol``, ...) go in ``options``; see ``solvers.available()``.
     """
     if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.dim() < 1:
@@ -93,6 +94,7 @@ def sample(
         if grid not in grids.GRIDS:
             raise ValueError(f"unknown grid {grid!r}; available: {list(grids.GRIDS)}")
 
+        @functools.lru_cache(maxsize=4)
         def make_grid(n: int) -> Tensor:
             return grids.get_grid(grid, schedule, n, t_start, t_end, rho)
 
@@ -103,9 +105,8 @@ def sample(
         raise ValueError(
             f"per-sample times must have B = {x_T.shape[0]} columns; got {make_grid(1).shape[1]}"
         )
-    min_steps = order if method in ("multistep", "adaptive") else order
-    if method != "adaptive" and steps < min_steps and method == "singlestep_fixed":
-        raise ValueError(f"steps must be >= order ({order}) for method 'singlestep_fixed'; got {steps}")
+    if method == "singlestep_fixed" and steps < order:
+        raise ValueError(f"steps must be >= order ({order}) for method 'singlestep_fixed'; got steps={steps}")
 
     prob = S.Problem(
         model=model,
@@ -122,8 +123,8 @@ def sample(
         callback=callback,
     )
     x = entry.build(order=order, method=method, variant=variant, **options)(prob)
-    if denoise_to_zero:
-        t_last = make_grid(steps)[-1]
+    t_last = make_grid(steps)[-1]
+    if denoise_to_zero and bool((schedule.sigma(t_last) > 0).all()):  # at sigma = 0, x is already clean
         ev = Evaluator(model, schedule, prediction, "x0", x, x0_fn)
         x = ev(x, ev.plan(t_last[None], x)[0])
     return x
