@@ -37,7 +37,7 @@ def one_step_quadratic(variant: str, pred: str) -> float:
         s, t = pts[i], pts[i + 1]
         h = float(t.lam - s.lam)
         integral = quad(
-            lambda u: np.exp(k * (h - u)) * f(float(s.lam) + u), 0, h, epsabs=1e-15, epsrel=1e-14
+            lambda u, h=h, ls=float(s.lam): np.exp(k * (h - u)) * f(ls + u), 0, h, epsabs=1e-15, epsrel=1e-14
         )[0]
         c = float(t.alpha) if pred == "x0" else -float(t.sigma)
         exact = float(A[i]) * 0.37 + c * integral
