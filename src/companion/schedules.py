@@ -161,6 +161,11 @@ class VPLinear(Schedule):
         la = self.log_alpha(t)
         return -self.d_log_alpha(t) / torch.expm1(-2.0 * la)
 
+    def g2(self, t):
+        # VP: sigma^2 = 1 - alpha^2 gives g^2 = -2 f exactly, finite at t = 0 where sigma = 0 and the generic
+        # -2 sigma^2 d lambda/dt is 0 * inf.
+        return -2.0 * self.d_log_alpha(t)
+
     def t_of_lambda(self, lam):
         lam = _as_tensor(lam)
         log_alpha = -0.5 * torch.nn.functional.softplus(-2.0 * lam)
@@ -184,6 +189,10 @@ class SubVP(VPLinear):
     def d_log_sigma(self, t):
         # d/dt log(1 - alpha^2) = -2 alpha^2 f / (1 - alpha^2)
         return 2.0 * super().d_log_sigma(t)
+
+    def g2(self, t):
+        # g^2 = -2 f (1 - alpha^4) (Song et al. 2021, eq. 29), finite at t = 0.
+        return 2.0 * self.d_log_alpha(t) * torch.expm1(4.0 * self.log_alpha(t))
 
     def t_of_lambda(self, lam):
         # lambda = log a - log(1 - a^2)  =>  e^lambda a^2 + a - e^lambda = 0, a in (0, 1).
@@ -227,6 +236,11 @@ class VPCosine(Schedule):
 
     def d_log_sigma(self, t):
         return -self.d_log_alpha(t) / torch.expm1(-2.0 * self.log_alpha(t))
+
+    def g2(self, t):
+        # VP: sigma^2 = 1 - alpha^2 gives g^2 = -2 f exactly, finite at t = 0 where sigma = 0 and the generic
+        # -2 sigma^2 d lambda/dt is 0 * inf.
+        return -2.0 * self.d_log_alpha(t)
 
     def t_of_lambda(self, lam):
         lam = _as_tensor(lam)
@@ -313,6 +327,11 @@ class VPDiscrete(Schedule):
 
     def d_log_sigma(self, t):
         return -self.d_log_alpha(t) / torch.expm1(-2.0 * self.log_alpha(t))
+
+    def g2(self, t):
+        # VP: sigma^2 = 1 - alpha^2 gives g^2 = -2 f exactly, finite at t = 0 where sigma = 0 and the generic
+        # -2 sigma^2 d lambda/dt is 0 * inf.
+        return -2.0 * self.d_log_alpha(t)
 
     def t_of_lambda(self, lam):
         lam = _as_tensor(lam)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import sde  # the reverse-SDE samplers (their own module; they join the registry in a later issue)
 from .exponential import DDIM, DEIS, DPMSolver, UniPC
 from .pndm import PLMS
 from .problem import Problem
 from .rk import RK
 
-__all__ = ["Entry", "register", "available", "get", "Problem", "DDIM", "DPMSolver", "DEIS", "UniPC"]
+__all__ = ["Entry", "register", "available", "get", "Problem", "DDIM", "DPMSolver", "DEIS", "UniPC", "sde"]
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,3 @@ register(
         doc="PNDM's PLMS (pseudo Adams-Bashforth on the DDIM transfer), NFE = steps + 1",
     )
 )
-
-try:  # the SDE family lives in its own module, written separately
-    from . import sde  # noqa: F401
-except ImportError:
-    pass
