@@ -27,7 +27,7 @@ def sample(
     schedule: Schedule,
     prediction: str = "eps",
     solver: str = "dpmsolver++",
-    order: int = 2,
+    order: int | None = None,
     method: str = "multistep",
     steps: int = 20,
     grid: str = "logsnr",
@@ -46,6 +46,7 @@ def sample(
 ) -> Tensor:
     """Integrate from ``x_T`` at ``t_start`` down to ``t_end`` and return the sample.
 
+    ``order`` defaults to 2 where the solver has it (else its only order, 4 for PLMS).
     ``model(x, t)`` returns a ``prediction`` (eps | x0 | v | score | velocity, or diffusers' names); ``t``
     reaches it as a tensor of shape (B,). ``steps`` counts model evaluations for singlestep and adaptive
     methods (as the official DPM-Solver) and steps for multistep ones. ``timesteps`` (1-D decreasing, or
@@ -55,7 +56,8 @@ def sample(
     ``lower_order_final`` drops the last steps to orders ..., 2, 1 below 15 steps; ``compat`` picks a peer's
     final-step rules: ``"dpm-solver"`` (below 10 steps, the official code) or ``"diffusers"`` (below 15,
     and diffusers' per-scheduler rules). ``denoise_to_zero`` adds one evaluation that returns the data
-    prediction at ``t_end`` (none when sigma(t_end) = 0). ``x0_fn`` corrects every data prediction (e.g. dynamic thresholding).
+    prediction at ``t_end`` (none when sigma(t_end) = 0). ``x0_fn`` corrects every data prediction
+    (e.g. dynamic thresholding).
     Solver options (``eta``, ``corrector``, ``atol``, ...) go in ``options``; see ``solvers.available()``.
     """
     if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.dim() < 1:
@@ -64,6 +66,7 @@ def sample(
         raise TypeError(f"schedule must be a companion.schedules.Schedule; got {type(schedule).__name__}")
     prediction = P.canonical(prediction)
     entry = S.get(solver)
+    order = entry.default_order if order is None else order
     if not isinstance(order, int) or isinstance(order, bool) or order not in entry.orders:
         raise ValueError(f"order must be one of {list(entry.orders)} for solver {solver!r}; got {order!r}")
     if method not in entry.methods:

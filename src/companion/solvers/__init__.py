@@ -27,9 +27,14 @@ class Entry:
     methods: tuple[str, ...] = ("multistep",)
     variants: tuple[str | None, ...] = (None,)
     stochastic: bool = False
-    #: minimum number of steps (or NFE) for an order: the warm-up needs at least one step per order.
     doc: str = ""
     options: tuple[str, ...] = field(default_factory=tuple)
+    #: the order ``sample`` uses when none is given (2 where supported)
+    default_order: int | None = None
+
+    def __post_init__(self):
+        if self.default_order is None:
+            object.__setattr__(self, "default_order", 2 if 2 in self.orders else self.orders[0])
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -142,7 +147,7 @@ register(
         "pndm",
         lambda order, method, variant, **_: PLMS(order),
         orders=(1, 2, 3, 4),
-        methods=("multistep", "plms"),
+        default_order=4,
         doc="PNDM's PLMS (pseudo Adams-Bashforth on the DDIM transfer), NFE = steps + 1",
     )
 )
