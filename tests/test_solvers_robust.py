@@ -312,6 +312,4 @@ def test_low_precision_outputs(dtype, kw, request):
 def test_report_precision(capsys):
     with capsys.disabled():
         for k, (solver_err, total) in sorted(PRECISION.items()):
-            print(
-                f"low precision {k:14s} vs float64 state {solver_err:.1e}   vs exact float64 model {total:.1e}"
-            )
+            print(f"low precision {k:14s} vs float64 state {solver_err:.1e}, vs exact model {total:.1e}")
