@@ -242,13 +242,15 @@ def test_ddim(n):
 
 
 @pytest.mark.parametrize("n", STEPS)
-def test_pndm_plms(n):
-    sch = diffusers.PNDMScheduler(beta_schedule="linear", skip_prk_steps=True, set_alpha_to_one=True)
+@pytest.mark.parametrize("prk", [False, True], ids=["plms", "pndm"])
+def test_pndm(n, prk):
+    sch = diffusers.PNDMScheduler(beta_schedule="linear", skip_prk_steps=not prk, set_alpha_to_one=True)
     x = x_init()
     ref = run_ddpm_style(sch, n, x)
     sch.set_timesteps(n, device="cpu")
-    got = ours(sched_of(sch), x, ddpm_grid(sch, sch._timesteps[::-1].copy()), solver="pndm", order=4)
-    record("PNDM (PLMS)", (got - ref).abs().max().item())
+    t = ddpm_grid(sch, sch._timesteps[::-1].copy())
+    got = ours(sched_of(sch), x, t, solver="pndm", variant="pndm" if prk else "plms")
+    record(f"PNDM ({'PRK start' if prk else 'PLMS'})", (got - ref).abs().max().item())
 
 
 def test_discrete_grids_equal_diffusers_timesteps():

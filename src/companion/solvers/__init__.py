@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import sde  # the reverse-SDE samplers (their own module; they join the registry in a later issue)
 from .exponential import DDIM, DEIS, DPMSolver, UniPC
-from .pndm import PLMS
+from .pndm import PNDM
 from .problem import Problem
 from .rk import RK
 
@@ -145,9 +145,10 @@ register(
 register(
     Entry(
         "pndm",
-        lambda order, method, variant, **_: PLMS(order),
+        lambda order, method, variant, **_: PNDM(order, variant or "plms"),
         orders=(1, 2, 3, 4),
         default_order=4,
-        doc="PNDM's PLMS (pseudo Adams-Bashforth on the DDIM transfer), NFE = steps + 1",
+        variants=(None, "plms", "pndm"),
+        doc="PNDM: PLMS (NFE = steps + 1) or, variant 'pndm', pseudo-RK start then PLMS (NFE = steps + 9)",
     )
 )
