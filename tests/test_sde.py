@@ -78,3 +78,16 @@ def test_bad_arguments():
         langevin_corrector(sf, x, 0.5, s, snr=-1.0)
     with pytest.raises(ValueError, match="n_corrector_steps"):
         predictor_corrector(sf, x, s, torch.linspace(1.0, 0.1, 5), n_corrector_steps=-1)
+
+
+def test_forward_euler_maruyama_matches_closed_form_marginals():
+    from companion.solvers.sde import forward_euler_maruyama
+
+    s, n = VPLinear(), 20000
+    x0 = torch.full((n, 2), 2.0, dtype=F64)
+    x = forward_euler_maruyama(
+        x0, s, torch.linspace(0.0, 0.5, 1001, dtype=F64), generator=torch.Generator().manual_seed(7)
+    )
+    a, sig = float(s.alpha(0.5)), float(s.sigma(0.5))
+    assert torch.allclose(x.mean(0), torch.full((2,), 2.0 * a, dtype=F64), atol=4 * sig / n**0.5 + 2e-3)
+    assert torch.allclose(x.var(0), torch.full((2,), sig**2, dtype=F64), rtol=0.04)

@@ -43,6 +43,20 @@ def _float64(value, name: str) -> Tensor:
     return out.detach().cpu()
 
 
+def _probabilities(value, name: str, n: int) -> Tensor:
+    """Positive weights of shape (n,) summing to one within 1e-6 (renormalised exactly); uniform if None."""
+    if value is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    w = _float64(value, name)
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the components; got {tuple(w.shape)}")
+    if not bool((w > 0).all()):
+        raise ValueError(f"{name} must be positive; got {w.tolist()}")
+    if abs(float(w.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"{name} must sum to 1 (within 1e-6); they sum to {float(w.sum())!r}")
+    return w / w.sum()
+
+
 def _check_schedule(schedule) -> Schedule:
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a companion.schedules.Schedule; got {type(schedule).__name__}")
@@ -74,17 +88,7 @@ class GaussianMixture:
         if mu.ndim != 2 or mu.shape[0] < 1 or mu.shape[1] < 1:
             raise ValueError(f"means must have shape (K, d) with K, d >= 1; got {tuple(mu.shape)}")
         K, d = mu.shape
-        if weights is None:
-            w = torch.full((K,), 1.0 / K, dtype=torch.float64)
-        else:
-            w = _float64(weights, "weights")
-            if w.shape != (K,):
-                raise ValueError(f"weights must have shape ({K},) to match means; got {tuple(w.shape)}")
-            if not bool((w > 0).all()):
-                raise ValueError(f"weights must be positive; got {w.tolist()}")
-            if abs(float(w.sum()) - 1.0) > 1e-6:
-                raise ValueError(f"weights must sum to 1 (within 1e-6); they sum to {float(w.sum())!r}")
-            w = w / w.sum()
+        w = _probabilities(weights, "weights", K)
         c, U = self._eigen(_float64(covs, "covs"), K, d)
         tol = 0.0 if U is None else 1e-12 * max(float(c.abs().max()), 1e-300)
         if bool((c < -tol).any()):
@@ -427,17 +431,7 @@ class ClassConditionalMixture:
         if any(m.dim != d for m in classes):
             raise ValueError(f"classes must share one dimension; got {[m.dim for m in classes]}")
         C = len(classes)
-        if class_weights is None:
-            pi = torch.full((C,), 1.0 / C, dtype=torch.float64)
-        else:
-            pi = _float64(class_weights, "class_weights")
-            if pi.shape != (C,):
-                raise ValueError(f"class_weights must have shape ({C},); got {tuple(pi.shape)}")
-            if not bool((pi > 0).all()) or abs(float(pi.sum()) - 1.0) > 1e-6:
-                raise ValueError(
-                    f"class_weights must be positive and sum to 1 (within 1e-6); got {pi.tolist()}"
-                )
-            pi = pi / pi.sum()
+        pi = _probabilities(class_weights, "class_weights", C)
         self.classes, self.class_weights = classes, pi
         full = any(m.eigvecs is not None for m in classes)
         covs = torch.cat([m.covariances() if full else m.eigvals for m in classes])

@@ -1,0 +1,1 @@
+"""Adapters between companion and other libraries (diffusers); imported on demand."""
