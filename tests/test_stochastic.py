@@ -388,6 +388,7 @@ def test_sde_dpmsolver_steps_integrate_polynomial_data_predictions(order, varian
     [
         ("ancestral", {"eta": 1.5}, "eta"),
         ("interpolant", {"diffusion": -1.0}, "diffusion"),
+        ("interpolant", {"diffusion": lambda t: t - 0.5}, "diffusion"),
         ("pc", {"snr": 0.0}, "snr"),
         ("pc", {"predictor": "heun"}, "predictor"),
         ("pc", {"corrector_steps": -1}, "corrector_steps"),

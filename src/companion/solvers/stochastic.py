@@ -176,6 +176,8 @@ def _diffusion_integral(schedule, diffusion, s: Points, t: Points) -> Tensor:
     lam = (s.lam + lt) / 2 + (lt - s.lam) / 2 * x.reshape(shape)
     u = schedule.t_of_lambda(lam)
     eps = diffusion(u) if callable(diffusion) else torch.full_like(u, float(diffusion))
+    if not bool(((eps >= 0) & torch.isfinite(eps)).all()):  # once, before the loop
+        raise ValueError("diffusion(t) must return finite values >= 0 on the sampling interval")
     rho = eps / (schedule.sigma(u) ** 2 * -schedule.d_lambda(u))
     G = ((lt - s.lam) / 2 * (w.reshape(shape) * rho).sum(0)).clamp_min(0.0)
     return torch.where(finite, G, torch.full_like(G, float("inf")))
