@@ -19,6 +19,7 @@ import warnings
 import torch
 
 import companion as cp
+from companion.adapters import diffusers as adapter
 
 
 def _time(fn, repeats: int) -> float:
@@ -85,15 +86,12 @@ def main() -> None:
     }
     ratios = {}
     for name, (sch, kw, step_kw) in cases.items():
-        sched = cp.schedules.VPDiscrete(alphas_cumprod=sch.alphas_cumprod.double())
+        sched = adapter.schedule_from_scheduler(sch)
         sch.set_timesteps(n, device="cpu")
         if name == "ddim":
-            ks = sch.timesteps.double()
-            grid = torch.cat([(ks + 1) / sched.N, torch.zeros(1, dtype=torch.float64)])
+            grid = adapter.times_from_timesteps(sched, sch.timesteps)
         else:
-            s = sch.sigmas.double()
-            t = sched.t_of_lambda(-torch.log(torch.where(s > 0, s, torch.ones_like(s)))).clamp(0, 1)
-            grid = torch.where(s > 0, t, torch.zeros_like(t))
+            grid = adapter.times_from_sigmas(sched, sch.sigmas)
         f_ours, f_theirs = ours(**kw), theirs(sch, **step_kw)
         f_ours(), f_theirs()  # warm-up
         t_ours, t_theirs = float("inf"), float("inf")

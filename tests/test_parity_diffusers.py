@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import companion as cp
+from companion.adapters import diffusers as adapter
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -53,11 +54,7 @@ def vp_of_sigma(sig: torch.Tensor):
 
 
 def t_of_sigma(schedule, sigmas: torch.Tensor) -> torch.Tensor:
-    """Times whose VE sigma (sigma/alpha = exp(-lambda)) equals diffusers' sigmas; sigma = 0 maps to t = 0."""
-    s = sigmas.to(torch.float64)
-    t = schedule.t_of_lambda(-torch.log(torch.where(s > 0, s, torch.ones_like(s))))
-    # float32 sigmas put the first point an ulp past t = 1: clamp to the schedule's domain.
-    return torch.where(s > 0, t, torch.zeros_like(t)).clamp(0.0, 1.0)
+    return adapter.times_from_sigmas(schedule, sigmas)
 
 
 def x_init(shape=(4, 3, 5)):
@@ -90,7 +87,7 @@ def ours(schedule, x, t_grid, **kw):
 
 
 def sched_of(sch):
-    return cp.schedules.VPDiscrete(alphas_cumprod=sch.alphas_cumprod.to(torch.float64))
+    return adapter.schedule_from_scheduler(sch)
 
 
 def unique_sigma_grid(sch):
@@ -232,9 +229,7 @@ def run_ddpm_style(sch, n, x, eta=None):
 
 
 def ddpm_grid(sch, ts) -> torch.Tensor:
-    """Integer timesteps k -> t = (k + 1)/N, then alpha = 1 (t = 0) at the end."""
-    t = (torch.as_tensor(ts, dtype=torch.float64) + 1) / sch.config.num_train_timesteps
-    return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+    return adapter.times_from_timesteps(sched_of(sch), ts)
 
 
 @pytest.mark.parametrize("n", STEPS)
@@ -247,13 +242,15 @@ def test_ddim(n):
 
 
 @pytest.mark.parametrize("n", STEPS)
-def test_pndm_plms(n):
-    sch = diffusers.PNDMScheduler(beta_schedule="linear", skip_prk_steps=True, set_alpha_to_one=True)
+@pytest.mark.parametrize("prk", [False, True], ids=["plms", "pndm"])
+def test_pndm(n, prk):
+    sch = diffusers.PNDMScheduler(beta_schedule="linear", skip_prk_steps=not prk, set_alpha_to_one=True)
     x = x_init()
     ref = run_ddpm_style(sch, n, x)
     sch.set_timesteps(n, device="cpu")
-    got = ours(sched_of(sch), x, ddpm_grid(sch, sch._timesteps[::-1].copy()), solver="pndm", order=4)
-    record("PNDM (PLMS)", (got - ref).abs().max().item())
+    t = ddpm_grid(sch, sch._timesteps[::-1].copy())
+    got = ours(sched_of(sch), x, t, solver="pndm", variant="pndm" if prk else "plms")
+    record(f"PNDM ({'PRK start' if prk else 'PLMS'})", (got - ref).abs().max().item())
 
 
 def test_discrete_grids_equal_diffusers_timesteps():

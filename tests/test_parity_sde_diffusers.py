@@ -28,7 +28,9 @@ def _setup(sch, steps: int):
     z = torch.randn(steps, B, D, generator=g, dtype=torch.float64)
 
     def eps(x, k):
-        return model(x, torch.full((B,), (float(k) + 1) / sch.config.num_train_timesteps, dtype=torch.float64))
+        return model(
+            x, torch.full((B,), (float(k) + 1) / sch.config.num_train_timesteps, dtype=torch.float64)
+        )
 
     return sched, model, grid, x_T, z, eps
 

@@ -3,6 +3,7 @@ interpolant family, exactness on point masses and polynomial data predictions.""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -35,40 +36,87 @@ def _slope(ns, errs) -> float:
 
 
 # --- weak accuracy ---------------------------------------------------------------------------------
+N_WEAK, N_MMD = 20_000, 2_000
+_ANCESTRAL_BIAS = (
+    "first-order weak bias: holding x0 = E[x0 | x_s] over a step drops the O(h^2) variance of x0 given x_s "
+    "per step, so the covariance is ~3.5% low at 200 logSNR steps on this mixture (4-5 standard errors); "
+    "it shrinks like h (see test_weak_order_of_variance_on_gaussian)"
+)
+_MMD_16D = (
+    "first-order weak bias seen by the MMD in 16-D at 200 steps (moments pass): MMD^2 1.4e-4 to 1.6e-4, about "
+    "4x the floor 3.7e-5; SDE-DPM-Solver++(2M) at 400 steps gives -5e-5, inside the floor"
+)
+
+
+def _xfail(reason):
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
 WEAK = [
-    ("euler-maruyama", {}),
-    ("ancestral", {}),
-    ("sde-dpmsolver++", {"order": 2}),
-    ("pc", {}),
+    (2, "euler-maruyama", {}),
+    pytest.param(2, "ancestral", {}, marks=_xfail(_ANCESTRAL_BIAS)),
+    (2, "sde-dpmsolver++", {"order": 2}),
+    (2, "pc", {}),
+    pytest.param(16, "euler-maruyama", {}, marks=_xfail(_MMD_16D)),
+    pytest.param(16, "ancestral", {}, marks=_xfail(_ANCESTRAL_BIAS)),
+    pytest.param(16, "sde-dpmsolver++", {"order": 2}, marks=_xfail(_MMD_16D)),
+    (16, "pc", {}),
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("d", [2, 16])
-def test_weak_accuracy_moments_and_mmd(d):
-    """20k samples at 200 steps, exact scores: mean and covariance within 4 standard errors of p_{t_end}'s,
-    MMD^2 within 2x the two-sample noise floor (RMS of the estimator between exact sample sets)."""
-    n, n_mmd = 20_000, 2_000
-    gmm = _mixture(d)
-    model = gmm.model(VP, "eps")
-    x_T = gmm.sample_t(n, 1.0, VP, generator=_gen(1))
-    exact = gmm.sample_t(n, T_END, VP, generator=_gen(2))
-    m, C = gmm.mean_t(T_END, VP), gmm.cov_t(T_END, VP)
-    se_m = (C.diag() / n).sqrt()
-    dev = exact - m
-    se_C = (dev[:, :, None] * dev[:, None, :]).std(0) / math.sqrt(n)
-    h = metrics.median_bandwidth(exact)
-    floor = metrics.mmd2_noise_floor(
-        lambda k, g: gmm.sample_t(k, T_END, VP, generator=g), n_mmd, 8, _gen(3), h
+def _block_mmd2(x: Tensor, y: Tensor, h: float) -> float:
+    """Unbiased MMD^2 averaged over aligned blocks of N_MMD samples: uses every sample at O(n N_MMD) cost."""
+    return sum(metrics.mmd2(x[i : i + N_MMD], y[i : i + N_MMD], h) for i in range(0, len(x), N_MMD)) / (
+        len(x) // N_MMD
     )
-    floor = float(floor.square().mean().sqrt())
-    for solver, kw in WEAK:
-        x = cp.sample(model, x_T, schedule=VP, solver=solver, steps=200, t_end=T_END, generator=_gen(4), **kw)
-        zm = ((x.mean(0) - m) / se_m).abs().max()
-        zC = ((torch.cov(x.T, correction=0) - C) / se_C).abs().max()
-        mmd = metrics.mmd2(x[:n_mmd], exact[:n_mmd], h)
-        assert zm < 4 and zC < 4, (solver, float(zm), float(zC))
-        assert mmd < 2 * floor, (solver, mmd, floor)
+
+
+@functools.cache
+def _weak_setup(d: int) -> dict:
+    gmm = _mixture(d)
+    exact = gmm.sample_t(N_WEAK, T_END, VP, generator=_gen(2))
+    m, C = gmm.mean_t(T_END, VP), gmm.cov_t(T_END, VP)
+    dev = exact - m
+    h = metrics.median_bandwidth(exact)
+    g = _gen(3)
+    null = [
+        _block_mmd2(
+            gmm.sample_t(N_WEAK, T_END, VP, generator=g), gmm.sample_t(N_WEAK, T_END, VP, generator=g), h
+        )
+        for _ in range(6)
+    ]
+    return {
+        "gmm": gmm,
+        "x_T": gmm.sample_t(N_WEAK, 1.0, VP, generator=_gen(1)),
+        "exact": exact,
+        "m": m,
+        "C": C,
+        "se_m": (C.diag() / N_WEAK).sqrt(),
+        "se_C": (dev[:, :, None] * dev[:, None, :]).std(0) / math.sqrt(N_WEAK),
+        "h": h,
+        "floor": float(torch.tensor(null).square().mean().sqrt()),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d,solver,kw", WEAK)
+def test_weak_accuracy_moments_and_mmd(d, solver, kw):
+    """20k samples at 200 steps, exact scores, 2-D and 16-D mixtures: mean and covariance within 4 standard
+    errors of p_{t_end}'s; MMD^2 (block-averaged over all 20k) within 2x the two-sample noise floor, the
+    RMS of the same estimator between independent exact sample sets of the same size."""
+    S = _weak_setup(d)
+    model = S["gmm"].model(VP, "eps")
+    x = cp.sample(
+        model, S["x_T"], schedule=VP, solver=solver, steps=200, t_end=T_END, generator=_gen(4), **kw
+    )
+    zm = float(((x.mean(0) - S["m"]) / S["se_m"]).abs().max())
+    zC = float(((torch.cov(x.T, correction=0) - S["C"]) / S["se_C"]).abs().max())
+    mmd = _block_mmd2(x, S["exact"], S["h"])
+    print(
+        f"{solver} d={S['gmm'].dim}: |z| mean {zm:.2f}, cov {zC:.2f}; MMD^2 {mmd:.2e}, floor {S['floor']:.2e}"
+    )
+    assert zm < 4 and zC < 4, (solver, zm, zC)
+    assert mmd < 2 * S["floor"], (solver, mmd, S["floor"])
 
 
 # --- strong order ----------------------------------------------------------------------------------
@@ -143,6 +191,7 @@ def _strong_errors(gaussian_path, solver, kw, eps_fn):
 )
 def test_strong_order_on_gaussian(gaussian_path, solver, kw, eps_fn, order):
     errs = _strong_errors(gaussian_path, solver, kw, eps_fn)
+    print(solver, kw, [f"{e:.2e}" for e in errs], f"slope {_slope(NS, errs):.2f}")
     assert abs(_slope(NS, errs) - order) < 0.25, (errs, _slope(NS, errs))
 
 
@@ -150,7 +199,38 @@ def test_predictor_corrector_is_not_pathwise_convergent(gaussian_path):
     """Derived strong order 0: the Langevin corrector's noise is independent of the Brownian path, so the
     error does not fall with the step count (it grows as more corrector moves accumulate)."""
     errs = _strong_errors(gaussian_path, "pc", {"final_noise": True}, _g2half)
+    print("pc", [f"{e:.2e}" for e in errs], f"slope {_slope(NS, errs):.2f}")
     assert _slope(NS, errs) < 0.25, errs
+
+
+@pytest.mark.parametrize("solver", ["euler-maruyama", "ancestral", "interpolant"])
+def test_weak_order_of_variance_on_gaussian(solver):
+    """Data N(MU, C0): the one-step solvers are linear, x_{i+1} = A x_i + B m(x_i) + std z, so the law of
+    their output is Gaussian with variance  v_{i+1} = (A + B dm/dx)^2 v_i + std^2  (no sampling). Its error
+    against alpha^2 C0 + sigma^2 at t_end falls like 1/N: weak order 1."""
+    from companion.solvers import multistep as ms
+    from companion.solvers import stochastic as st
+    from companion.solvers.base import Points
+
+    errs = []
+    for n in NS:
+        pts = Points.of(VP, cp.grids.logsnr(VP, 1.0, T_END, n))
+        a2c = pts.alpha**2 * C0
+        k = pts.alpha * C0 / (a2c + pts.sigma**2)  # d x0 / dx
+        if solver == "euler-maruyama":
+            A, Bm, std = st.em_coefs(VP, pts, final_noise=True)
+            dm = (1 - pts.alpha * k) / pts.sigma  # d eps / dx
+        elif solver == "ancestral":
+            A, Bm, std = ms.ddim_noise_coefs(pts, 1.0)
+            dm = k
+        else:
+            A, Bm, std = st.interpolant_coefs(VP, pts, 0.5)
+            dm = k
+        v = a2c[0] + pts.sigma[0] ** 2
+        for i in range(n):
+            v = (A[i] + Bm.reshape(n)[i] * dm[i]) ** 2 * v + std[i] ** 2
+        errs.append(float(abs(v - (a2c[-1] + pts.sigma[-1] ** 2))))
+    assert abs(_slope(NS, errs) - 1.0) < 0.25, errs
 
 
 # --- noise invariants ------------------------------------------------------------------------------
@@ -200,24 +280,34 @@ def test_same_seed_same_result_other_seed_other_result(solver, kw):
 
 
 # --- the interpolant family ------------------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize("eps", [0.0, 0.5, 1.0, 2.0])
-def test_interpolant_family_keeps_the_marginals(eps):
-    """For every diffusion eps >= 0 the samples at t = 0.5 and at t_end match p_t (MMD^2 < 3x floor)."""
-    n = 3000
+N_INT = 2000
+
+
+@pytest.fixture(scope="module")
+def interpolant_setup():
     gmm = _mixture(2)
-    model = gmm.model(VP, "eps")
-    x_T = gmm.sample_t(n, 1.0, VP, generator=_gen(10))
+    out = {"gmm": gmm, "x_T": gmm.sample_t(N_INT, 1.0, VP, generator=_gen(10))}
     for t_end in (0.5, T_END):
-        exact = gmm.sample_t(n, t_end, VP, generator=_gen(11))
+        exact = gmm.sample_t(N_INT, t_end, VP, generator=_gen(11))
         h = metrics.median_bandwidth(exact)
         floor = metrics.mmd2_noise_floor(
-            lambda k, g, t_end=t_end: gmm.sample_t(k, t_end, VP, generator=g), n, 6, _gen(12), h
+            lambda k, g, t_end=t_end: gmm.sample_t(k, t_end, VP, generator=g), N_INT, 8, _gen(12), h
         )
-        floor = float(floor.square().mean().sqrt())
+        out[t_end] = (exact, h, float(floor.square().mean().sqrt()))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("eps", [0.0, 0.5, 1.0, 2.0])
+def test_interpolant_family_keeps_the_marginals(interpolant_setup, eps):
+    """For every diffusion eps >= 0 the samples at t = 0.5 and at t_end match p_t (MMD^2 < 3x floor)."""
+    S = interpolant_setup
+    model = S["gmm"].model(VP, "eps")
+    for t_end in (0.5, T_END):
+        exact, h, floor = S[t_end]
         x = cp.sample(
-            model, x_T, schedule=VP, solver="interpolant", diffusion=eps, steps=200, t_end=t_end,
-            noise=PerSampleNoise(range(n)),
+            model, S["x_T"], schedule=VP, solver="interpolant", diffusion=eps, steps=200, t_end=t_end,
+            noise=PerSampleNoise(range(N_INT)),
         )  # fmt: skip
         assert metrics.mmd2(x, exact, h) < 3 * floor, (eps, t_end)
 
@@ -298,6 +388,7 @@ def test_sde_dpmsolver_steps_integrate_polynomial_data_predictions(order, varian
     [
         ("ancestral", {"eta": 1.5}, "eta"),
         ("interpolant", {"diffusion": -1.0}, "diffusion"),
+        ("interpolant", {"diffusion": lambda t: t - 0.5}, "diffusion"),
         ("pc", {"snr": 0.0}, "snr"),
         ("pc", {"predictor": "heun"}, "predictor"),
         ("pc", {"corrector_steps": -1}, "corrector_steps"),

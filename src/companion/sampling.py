@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -48,6 +49,7 @@ def sample(
 ) -> Tensor:
     """Integrate from ``x_T`` at ``t_start`` down to ``t_end`` and return the sample.
 
+    ``order`` defaults to 2 where the solver has it (else its only order, 4 for PLMS).
     ``model(x, t)`` returns a ``prediction`` (eps | x0 | v | score | velocity, or diffusers' names); ``t``
     reaches it as a tensor of shape (B,). ``steps`` counts model evaluations for singlestep and adaptive
     methods (as the official DPM-Solver) and steps for multistep ones. ``timesteps`` (1-D decreasing, or
@@ -57,7 +59,8 @@ def sample(
     ``lower_order_final`` drops the last steps to orders ..., 2, 1 below 15 steps; ``compat`` picks a peer's
     final-step rules: ``"dpm-solver"`` (below 10 steps, the official code) or ``"diffusers"`` (below 15,
     and diffusers' per-scheduler rules). ``denoise_to_zero`` adds one evaluation that returns the data
-    prediction at ``t_end``. ``x0_fn`` corrects every data prediction (e.g. dynamic thresholding).
+    prediction at ``t_end`` (none when sigma(t_end) = 0). ``x0_fn`` corrects every data prediction
+    (e.g. dynamic thresholding).
     Solver options (``eta``, ``corrector``, ``atol``, ...) go in ``options``; see ``solvers.available()``.
     Stochastic solvers draw their normals from ``noise`` (a :mod:`companion.noise` source: per-sample
     seeds, a Brownian path, injected noise) or else from ``generator`` (not batch-invariant).
@@ -68,8 +71,7 @@ def sample(
         raise TypeError(f"schedule must be a companion.schedules.Schedule; got {type(schedule).__name__}")
     prediction = P.canonical(prediction)
     entry = S.get(solver)
-    if order is None:  # the solver's default: 2 where it has one (DPM-Solver family), else its only order
-        order = 2 if 2 in entry.orders else entry.orders[0]
+    order = entry.default_order if order is None else order
     if not isinstance(order, int) or isinstance(order, bool) or order not in entry.orders:
         raise ValueError(f"order must be one of {list(entry.orders)} for solver {solver!r}; got {order!r}")
     if method not in entry.methods:
@@ -100,6 +102,7 @@ def sample(
         if grid not in grids.GRIDS:
             raise ValueError(f"unknown grid {grid!r}; available: {list(grids.GRIDS)}")
 
+        @functools.lru_cache(maxsize=4)
         def make_grid(n: int) -> Tensor:
             return grids.get_grid(grid, schedule, n, t_start, t_end, rho)
 
@@ -110,9 +113,8 @@ def sample(
         raise ValueError(
             f"per-sample times must have B = {x_T.shape[0]} columns; got {make_grid(1).shape[1]}"
         )
-    min_steps = order if method in ("multistep", "adaptive") else order
-    if method != "adaptive" and steps < min_steps and method == "singlestep_fixed":
-        raise ValueError(f"steps must be >= order ({order}) for method 'singlestep_fixed'; got {steps}")
+    if method == "singlestep_fixed" and steps < order:
+        raise ValueError(f"steps must be >= order ({order}) for method 'singlestep_fixed'; got steps={steps}")
 
     prob = S.Problem(
         model=model,
@@ -130,8 +132,8 @@ def sample(
         noise=resolve_noise(noise, generator),
     )
     x = entry.build(order=order, method=method, variant=variant, **options)(prob)
-    if denoise_to_zero:
-        t_last = make_grid(steps)[-1]
+    t_last = make_grid(steps)[-1]
+    if denoise_to_zero and bool((schedule.sigma(t_last) > 0).all()):  # at sigma = 0, x is already clean
         ev = Evaluator(model, schedule, prediction, "x0", x, x0_fn)
         x = ev(x, ev.plan(t_last[None], x)[0])
     return x

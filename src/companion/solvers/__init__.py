@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import sde  # the reverse-SDE samplers (their own module; they join the registry in a later issue)
 from .exponential import DDIM, DEIS, DPMSolver, UniPC
-from .pndm import PLMS
+from .pndm import PNDM
 from .problem import Problem
 from .rk import RK
 
-__all__ = ["Entry", "register", "available", "get", "Problem", "DDIM", "DPMSolver", "DEIS", "UniPC"]
+__all__ = ["Entry", "register", "available", "get", "Problem", "DDIM", "DPMSolver", "DEIS", "UniPC", "sde"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,14 @@ class Entry:
     methods: tuple[str, ...] = ("multistep",)
     variants: tuple[str | None, ...] = (None,)
     stochastic: bool = False
-    #: minimum number of steps (or NFE) for an order: the warm-up needs at least one step per order.
     doc: str = ""
     options: tuple[str, ...] = field(default_factory=tuple)
+    #: the order ``sample`` uses when none is given (2 where supported)
+    default_order: int | None = None
+
+    def __post_init__(self):
+        if self.default_order is None:
+            object.__setattr__(self, "default_order", 2 if 2 in self.orders else self.orders[0])
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -139,17 +145,13 @@ register(
 register(
     Entry(
         "pndm",
-        lambda order, method, variant, **_: PLMS(order),
+        lambda order, method, variant, **_: PNDM(order, variant or "plms"),
         orders=(1, 2, 3, 4),
-        methods=("multistep", "plms"),
-        doc="PNDM's PLMS (pseudo Adams-Bashforth on the DDIM transfer), NFE = steps + 1",
+        default_order=4,
+        variants=(None, "plms", "pndm"),
+        doc="PNDM: PLMS (NFE = steps + 1) or, variant 'pndm', pseudo-RK start then PLMS (NFE = steps + 9)",
     )
 )
-
-try:  # the SDE family lives in its own module, written separately
-    from . import sde  # noqa: F401
-except ImportError:
-    pass
 
 # --- stochastic solvers (registered by the SDE work; see stochastic.py and companion.noise) ---
 from . import stochastic  # noqa: E402, F401

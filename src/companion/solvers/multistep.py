@@ -49,10 +49,40 @@ def step_orders(n: int, order: int, lam: Tensor, lower_order_final: float = 0) -
     return out
 
 
-def _nodes(pts: Points, i: int, p: int) -> tuple[Tensor, list[Tensor]]:
-    """h of step i and the scaled nodes r_j = (lambda_{i-j} - lambda_i)/h, j < p."""
+def _nodes(pts: Points, i: Tensor, p: int) -> tuple[Tensor, list[Tensor]]:
+    """h of steps i (an index tensor) and their scaled nodes r_j = (lambda_{i-j} - lambda_i)/h, j < p."""
     h = pts.lam[i + 1] - pts.lam[i]
     return h, [(pts.lam[i - j] - pts.lam[i]) / h for j in range(p)]
+
+
+def _by_order(orders: list[int], last: bool = True) -> dict[int, Tensor]:
+    """Step indices grouped by order, so that each group's coefficients are computed at once."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(orders if last else orders[:-1]):
+        groups.setdefault(p, []).append(i)
+    return {p: torch.tensor(ix) for p, ix in groups.items()}
+
+
+def _alloc(pts: Points, n: int, K: int) -> tuple[Tensor, Tensor]:
+    shape = tuple(pts.lam.shape[1:])
+    return torch.zeros((n,) + shape, dtype=torch.float64), torch.zeros((n, K) + shape, dtype=torch.float64)
+
+
+def _coefs(pred: str, pts: Points, orders: list[int], weights) -> tuple[Tensor, Tensor]:
+    """A (N, ...) and B (N, K, ...) of x_{i+1} = A_i x_i + sum_j B_ij m_{i-j}. First-order steps are
+    DPM-Solver-1; a step of order p is a x_i + c sum_j w_j m_{i-j} with w = weights(h, r, k, i)."""
+    A, B = _alloc(pts, len(orders), max(orders))
+    k = kernel(pred)
+    for p, ix in _by_order(orders).items():
+        s, t = pts[ix], pts[ix + 1]
+        if p == 1:
+            A[ix], B[ix, 0] = first_order(pred, s, t)
+            continue
+        h, r = _nodes(pts, ix, p)
+        A[ix], c = base_coefs(pred, s, t)
+        for j, w in enumerate(weights(h, r, k, ix)):
+            B[ix, j] = c * w
+    return A, B
 
 
 def dpm_weights(r: list[Tensor], h: Tensor, k: int, variant: str) -> list[Tensor]:
@@ -74,21 +104,8 @@ def dpm_weights(r: list[Tensor], h: Tensor, k: int, variant: str) -> list[Tensor
 
 
 def dpm_coefs(pred: str, pts: Points, orders: list[int], variant: str) -> tuple[Tensor, Tensor]:
-    """A (N, ...) and B (N, K, ...) of a DPM-Solver(++) / DEIS multistep run on the grid ``pts``."""
-    n, K = len(orders), max(orders)
-    A = torch.zeros_like(pts.lam[:n])
-    B = torch.zeros((n, K) + tuple(pts.lam.shape[1:]), dtype=torch.float64)
-    k = kernel(pred)
-    for i, p in enumerate(orders):
-        s, t = pts[i], pts[i + 1]
-        if p == 1:
-            A[i], B[i, 0] = first_order(pred, s, t)
-            continue
-        h, r = _nodes(pts, i, p)
-        A[i], c = base_coefs(pred, s, t)
-        for j, w in enumerate(dpm_weights(r, h, k, variant)):
-            B[i, j] = c * w
-    return A, B
+    """A (N, ...) and B (N, K, ...) of a DPM-Solver(++) multistep run on the grid ``pts``."""
+    return _coefs(pred, pts, orders, lambda h, r, k, ix: dpm_weights(r, h, k, variant))
 
 
 def _unipc_rhs(p: int, hh: Tensor, bh: str) -> tuple[Tensor, Tensor]:
@@ -128,25 +145,9 @@ def unipc_weights(r: list[Tensor], h: Tensor, k: int, bh: str, corrector: bool) 
     return [e1 - sum(w_rest)] + w_rest
 
 
-def _alloc(pts: Points, n: int, K: int) -> tuple[Tensor, Tensor]:
-    shape = tuple(pts.lam.shape[1:])
-    return torch.zeros((n,) + shape, dtype=torch.float64), torch.zeros((n, K) + shape, dtype=torch.float64)
-
-
 def unip_coefs(pred: str, pts: Points, orders: list[int], bh: str) -> tuple[Tensor, Tensor]:
     """Predictor (A, B) of UniPC (UniP-p with B(h) = ``bh``)."""
-    A, B = _alloc(pts, len(orders), max(orders))
-    k = kernel(pred)
-    for i, p in enumerate(orders):
-        s, t = pts[i], pts[i + 1]
-        if p == 1:
-            A[i], B[i, 0] = first_order(pred, s, t)
-            continue
-        h, r = _nodes(pts, i, p)
-        A[i], c = base_coefs(pred, s, t)
-        for j, w in enumerate(unipc_weights(r, h, k, bh, corrector=False)):
-            B[i, j] = c * w
-    return A, B
+    return _coefs(pred, pts, orders, lambda h, r, k, ix: unipc_weights(r, h, k, bh, corrector=False))
 
 
 def unic_coefs(pred: str, pts: Points, orders: list[int], bh: str) -> tuple[Tensor, Tensor]:
@@ -155,13 +156,13 @@ def unic_coefs(pred: str, pts: Points, orders: list[int], bh: str) -> tuple[Tens
     K = max(orders)
     Ac, Bc = _alloc(pts, len(orders), K + 1)
     k = kernel(pred)
-    for i, p in enumerate(orders[:-1]):  # no evaluation follows the last step
-        h, r = _nodes(pts, i, p)
-        Ac[i], c = base_coefs(pred, pts[i], pts[i + 1])
+    for p, ix in _by_order(orders, last=False).items():  # no evaluation follows the last step
+        h, r = _nodes(pts, ix, p)
+        Ac[ix], c = base_coefs(pred, pts[ix], pts[ix + 1])
         wc = unipc_weights(r, h, k, bh, corrector=True)
         for j, w in enumerate(wc[:-1]):
-            Bc[i, j] = c * w
-        Bc[i, K] = c * wc[-1]
+            Bc[ix, j] = c * w
+        Bc[ix, K] = c * wc[-1]
     return Ac, Bc
 
 
@@ -169,27 +170,24 @@ def deis_tab_coefs(pts: Points, orders: list[int], t_of_lambda, quad: int = 64) 
     """DEIS tAB (Zhang & Chen 2023, eq. 14) in noise prediction: eps is extrapolated by the Lagrange
     polynomial in t through the last p points and the exponential integral is done exactly up to
     float64 Gauss-Legendre quadrature in lambda (``quad`` nodes per step) instead of a Riemann sum."""
-    A, B = _alloc(pts, len(orders), max(orders))
     xi, om = (torch.as_tensor(v, dtype=torch.float64) for v in np.polynomial.legendre.leggauss(quad))
-    for i, p in enumerate(orders):
-        s, t = pts[i], pts[i + 1]
-        if p == 1:
-            A[i], B[i, 0] = first_order("eps", s, t)
-            continue
-        h = t.lam - s.lam
+
+    def weights(h, r, k, ix):
         shape = (-1,) + (1,) * h.dim()
         u = (h * (1 + xi.reshape(shape))) / 2  # nodes in lambda - lambda_s, shape (quad, ...)
-        tq = t_of_lambda(s.lam + u)
+        tq = t_of_lambda(pts.lam[ix] + u)
         kern = om.reshape(shape) * h / 2 * torch.exp(h - u)
-        tn = [pts.t[i - j] for j in range(p)]
-        A[i], c = base_coefs("eps", s, t)
-        for j in range(p):
+        tn = [pts.t[ix - j] for j in range(len(r))]
+        out = []
+        for j in range(len(r)):
             L = torch.ones_like(tq)
-            for m in range(p):
+            for m in range(len(r)):
                 if m != j:
                     L = L * (tq - tn[m]) / (tn[j] - tn[m])
-            B[i, j] = c * (kern * L).sum(0)
-    return A, B
+            out.append((kern * L).sum(0))
+        return out
+
+    return _coefs("eps", pts, orders, weights)
 
 
 def ddim_noise_coefs(pts: Points, eta: float) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,10 +1,13 @@
-"""PNDM's pseudo linear multistep method, PLMS (Liu et al. 2022, eq. 11-12), as diffusers runs it with
-``skip_prk_steps=True``.
+"""PNDM (Liu et al. 2022): pseudo numerical methods on the DDIM transfer, as diffusers runs them.
 
 The transfer from s to t is the DDIM map with a combined noise prediction e' (PNDM eq. 9 is DDIM for VP),
-    x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) e',
-with e' the 4-step Adams-Bashforth combination (55 e_i - 59 e_{i-1} + 37 e_{i-2} - 9 e_{i-3})/24 for equal
-steps, lower AB orders during warm-up, and a Heun-type first step (two evaluations). NFE = steps + 1.
+    x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) e'.
+* ``variant="plms"`` (diffusers ``skip_prk_steps=True``): e' is the 4-step Adams-Bashforth combination
+  (55 e_i - 59 e_{i-1} + 37 e_{i-2} - 9 e_{i-3})/24 for equal steps (PNDM eq. 12), lower AB orders while
+  the history fills, and a Heun-type first step with two evaluations. NFE = steps + 1.
+* ``variant="pndm"`` (the paper's method, diffusers' default): the first three steps are pseudo
+  Runge-Kutta (eq. 11): e' = (e_1 + 2 e_2 + 2 e_3 + e_4)/6 with e_2, e_3 at the midpoint in t and every
+  stage transferred from x_s; PLMS follows. NFE = steps + 9; steps >= 4.
 """
 
 from __future__ import annotations
@@ -16,28 +19,44 @@ from torch import Tensor
 from .base import first_order, lincomb, rows
 from .problem import Problem
 
-__all__ = ["PLMS"]
+__all__ = ["PNDM"]
 
 _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
 @dataclass(frozen=True)
-class PLMS:
+class PNDM:
     order: int = 4
+    variant: str = "plms"
 
     def __call__(self, prob: Problem) -> Tensor:
         x = prob.x
-        pts = prob.points(prob.grid(prob.steps))
+        grid = prob.grid(prob.steps)
+        n = grid.shape[0] - 1
+        n_prk = 3 if self.variant == "pndm" else 0
+        if n_prk and n < 4:
+            raise ValueError(f"steps must be >= 4 for variant 'pndm' (3 pseudo-RK steps, then PLMS); got {n}")
+        pts = prob.points(grid)
         a, b = first_order("eps", pts[:-1], pts[1:])
         ev = prob.evaluator("eps")
-        at = ev.plan(pts.t, x)
+        at = ev.plan(grid, x)
         a_, b_ = rows(a, x), rows(b, x)
+        if n_prk:
+            mid = prob.points((grid[:n_prk] + grid[1 : n_prk + 1]) / 2)
+            am, bm = first_order("eps", pts[:n_prk], mid)
+            am_, bm_, at_mid = rows(am, x), rows(bm, x), ev.plan(mid.t, x)
         hist: list[Tensor] = []
-        for i in range(len(a_)):
+        for i in range(n):
             e = ev(x, at[i])
-            if i == 0:  # Heun start: predict with e_0, re-solve with the mean of both slopes
-                xp = lincomb([(a_[0], x), (b_[0], e)])
-                ep = ev(xp, at[1])
+            if i < n_prk:  # pseudo RK4 from x_i: stages at the midpoint (twice) and at t_{i+1}
+                e2 = ev(lincomb([(am_[i], x), (bm_[i], e)]), at_mid[i])
+                e3 = ev(lincomb([(am_[i], x), (bm_[i], e2)]), at_mid[i])
+                e4 = ev(lincomb([(a_[i], x), (b_[i], e3)]), at[i + 1])
+                hist = [e] + hist
+                w = b_[i] / 6
+                x = lincomb([(a_[i], x), (w, e), (2 * w, e2), (2 * w, e3), (w, e4)])
+            elif i == 0:  # PLMS's Heun start: predict with e_0, re-solve with the mean of both slopes
+                ep = ev(lincomb([(a_[0], x), (b_[0], e)]), at[1])
                 hist = [e]
                 x = lincomb([(a_[0], x), (b_[0] * 0.5, e), (b_[0] * 0.5, ep)])
             else:

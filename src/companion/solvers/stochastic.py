@@ -3,7 +3,8 @@ predictor-corrector, and the stochastic-interpolant family.
 
 All of them integrate, from t_start down to t_end, a member of one family of reverse-time SDEs whose
 marginals are the forward process's p_t (Song et al. 2021, eq. 6 and 13; Albergo, Boffi & Vanden-Eijnden
-2023, eq. 2.33 (backward SDE) with b the probability-flow velocity):
+2023, arXiv 2303.08797, Sec. 2: the backward SDE with drift b_B = b - eps s, b the probability-flow velocity;
+equation number not checked here, the statement is re-derived from the Fokker-Planck equation in the book):
 
     dx = [f(t) x - (g^2(t)/2 + eps(t)) grad log p_t(x)] dt + sqrt(2 eps(t)) dW_bar,   eps(t) >= 0,
 
@@ -15,7 +16,7 @@ Strong orders (the noise is additive: g, eps depend on t only). A scheme whose d
 O(dt^2) and whose noise term is c_i z_i with c_i^2 the exact variance of the step's Ito integral
 int phi(u) dW (or phi(t_i) dt^{1/2}) has local error int (phi - c_i/sqrt(dt)) dW of variance
 O(phi'^2 dt^3), independent across steps, so the global strong error is O(dt): strong order 1 for
-Euler-Maruyama (Kloeden & Platen 1992, Thm 10.2.2 with additive noise, where it equals Milstein),
+Euler-Maruyama (Kloeden & Platen 1992, Ch. 10: with additive noise it coincides with Milstein's scheme),
 ancestral / DDIM(eta), SDE-DPM-Solver++ of every order (the higher orders improve the drift only) and the
 interpolant integrator. Higher strong order would need int u dW, which an increment does not carry.
 The predictor-corrector sampler is not pathwise convergent (strong order 0): its Langevin corrector
@@ -79,7 +80,7 @@ def em_coefs(schedule, pts: Points, final_noise: bool) -> tuple[Tensor, Tensor, 
 @dataclass(frozen=True)
 class EulerMaruyama:
     """Euler-Maruyama on the reverse SDE dx = [f x - g^2 grad log p_t] dt + g dW_bar (Song et al. 2021,
-    eq. 6; Kloeden & Platen 1992, eq. 10.2.1). 1 NFE per step; strong order 1 (additive noise), weak order 1.
+    eq. 6). 1 NFE per step; strong order 1 (additive noise), weak order 1.
     ``final_noise=False`` (default) returns the last step's mean, as Song et al.'s code (``denoise``): the
     last increment g sqrt(dt) is noise the sampler has no step left to remove."""
 
@@ -111,14 +112,15 @@ class Ancestral:
 
 # --- SDE-DPM-Solver++ ----------------------------------------------------------------------------
 def sde_dpm_coefs(pts: Points, orders: list[int], variant: str) -> tuple[Tensor, Tensor, Tensor]:
-    """A, B, std of SDE-DPM-Solver++ multistep (Lu et al. 2022b, eq. 9 and Appendix: the reverse SDE's
-    exact solution in data prediction,
+    """A, B, std of SDE-DPM-Solver++ multistep (Lu et al. 2022b, arXiv 2211.01095, Sec. 5; equation numbers
+    not checked here). The reverse SDE's exact solution in data prediction (variation of constants in
+    lambda, re-derived),
 
         x_t = (sigma_t/sigma_s) e^{-h} x_s + alpha_t int_0^h 2 e^{-2(h - u)} x0(lambda_s + u) du
               + sigma_t sqrt(1 - e^{-2h}) z,
 
     whose kernel is the ODE's (k = -1) at the doubled step 2h with the same relative nodes, so the
-    Lagrange weights are ``lagrange_weights(r, 2h, -1)``). Order 1: alpha_t (1 - e^{-2h}) x0_s.
+    Lagrange weights are ``lagrange_weights(r, 2h, -1)``. Order 1: alpha_t (1 - e^{-2h}) x0_s.
     2M ``midpoint``: alpha_t (1 - e^{-2h}) (D0 + D1/2), D1 = (m_i - m_{i-1})/r (Lu et al. 2022b, Alg. 2's
     analogue, diffusers' sde-dpmsolver++ midpoint); ``heun``: the exact Lagrange weights (diffusers' heun).
     3M: exact Lagrange weights, or ``legacy``: E3(2h) on D2 where the expansion needs 2 E3(2h)
@@ -143,7 +145,7 @@ def sde_dpm_coefs(pts: Points, orders: list[int], variant: str) -> tuple[Tensor,
 
 @dataclass(frozen=True)
 class SDEDPMSolverPP:
-    """SDE-DPM-Solver++ (Lu et al. 2022b, Sec. 5 and eq. 9), multistep orders 1, 2M, 3M; 1 NFE per step.
+    """SDE-DPM-Solver++ (Lu et al. 2022b, Sec. 5), multistep orders 1, 2M, 3M; 1 NFE per step.
 
     Strong order 1 at every order (the noise term limits it; see the module docstring); the order-k drift
     has local error O(h^{k+1}) in lambda. Warm-up and ``lower_order_final`` as DPM-Solver++ multistep.
@@ -174,6 +176,8 @@ def _diffusion_integral(schedule, diffusion, s: Points, t: Points) -> Tensor:
     lam = (s.lam + lt) / 2 + (lt - s.lam) / 2 * x.reshape(shape)
     u = schedule.t_of_lambda(lam)
     eps = diffusion(u) if callable(diffusion) else torch.full_like(u, float(diffusion))
+    if not bool(((eps >= 0) & torch.isfinite(eps)).all()):  # once, before the loop
+        raise ValueError("diffusion(t) must return finite values >= 0 on the sampling interval")
     rho = eps / (schedule.sigma(u) ** 2 * -schedule.d_lambda(u))
     G = ((lt - s.lam) / 2 * (w.reshape(shape) * rho).sum(0)).clamp_min(0.0)
     return torch.where(finite, G, torch.full_like(G, float("inf")))
@@ -194,7 +198,7 @@ def interpolant_coefs(schedule, pts: Points, diffusion) -> tuple[Tensor, Tensor,
 
 @dataclass(frozen=True)
 class Interpolant:
-    """The stochastic-interpolant family (Albergo, Boffi & Vanden-Eijnden 2023, eq. 2.33 backward SDE):
+    """The stochastic-interpolant family (Albergo, Boffi & Vanden-Eijnden 2023, Sec. 2, backward SDE):
     for any diffusion eps(t) >= 0 (a number, or a callable of float64 times), in reverse time
 
         dx = [b(x, t) - eps(t) grad log p_t(x)] dt + sqrt(2 eps(t)) dW_bar,  b = f x - (g^2/2) grad log p_t
