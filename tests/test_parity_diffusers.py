@@ -98,6 +98,14 @@ def unique_sigma_grid(sch):
 STEPS = (5, 10, 20)
 
 
+def compare(name: str, sch, n: int, **kw) -> None:
+    """Run the scheduler and companion.sample on its sigma grid (VP state); record the difference."""
+    x = x_init()
+    ref = run_sigma_scheduler(sch, n, x, vp_state=True)
+    got = ours(sched_of(sch), x, unique_sigma_grid(sch), compat="diffusers", **kw)
+    record(name, (got - ref).abs().max().item())
+
+
 @pytest.mark.parametrize("n", STEPS)
 @pytest.mark.parametrize("karras", [False, True])
 @pytest.mark.parametrize(
@@ -106,47 +114,19 @@ STEPS = (5, 10, 20)
 )
 def test_dpmsolver_multistep(n, karras, order, solver_type, variant):
     cfg = dict(beta_schedule="linear", solver_order=order, solver_type=solver_type, use_karras_sigmas=karras)
+    name = f"DPMSolverMultistep(order={order}, {solver_type}{', karras' if karras else ''})"
     sch = diffusers.DPMSolverMultistepScheduler(**cfg)
-    x = x_init()
-    ref = run_sigma_scheduler(sch, n, x, vp_state=True)
-    sched = sched_of(sch)
-    got = ours(
-        sched,
-        x,
-        unique_sigma_grid(sch),
-        solver="dpmsolver++",
-        order=order,
-        variant=variant,
-        compat="diffusers",
-    )
-    record(
-        f"DPMSolverMultistep(order={order}, {solver_type}{', karras' if karras else ''})",
-        (got - ref).abs().max().item(),
-    )
+    compare(name, sch, n, solver="dpmsolver++", order=order, variant=variant)
 
 
 @pytest.mark.parametrize("n", (6, 10, 21))
 @pytest.mark.parametrize("karras", [False, True])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_dpmsolver_singlestep(n, karras, order):
-    sch = diffusers.DPMSolverSinglestepScheduler(
-        beta_schedule="linear", solver_order=order, use_karras_sigmas=karras
-    )
-    x = x_init()
-    ref = run_sigma_scheduler(sch, n, x, vp_state=True)
-    sched = sched_of(sch)
-    got = ours(
-        sched,
-        x,
-        unique_sigma_grid(sch),
-        solver="dpmsolver++",
-        order=order,
-        method="singlestep",
-        compat="diffusers",
-    )
-    record(
-        f"DPMSolverSinglestep(order={order}{', karras' if karras else ''})", (got - ref).abs().max().item()
-    )
+    cfg = dict(beta_schedule="linear", solver_order=order, use_karras_sigmas=karras)
+    sch = diffusers.DPMSolverSinglestepScheduler(**cfg)
+    name = f"DPMSolverSinglestep(order={order}{', karras' if karras else ''})"
+    compare(name, sch, n, solver="dpmsolver++", order=order, method="singlestep")
 
 
 @pytest.mark.parametrize("n", STEPS)
@@ -156,15 +136,11 @@ def test_deis(n, karras, order):
     sch = diffusers.DEISMultistepScheduler(
         beta_schedule="linear", solver_order=order, use_karras_sigmas=karras
     )
-    x = x_init()
-    ref = run_sigma_scheduler(sch, n, x, vp_state=True)
-    sched = sched_of(sch)
-    t = unique_sigma_grid(sch)
     if karras:  # diffusers repeats the last Karras sigma (a zero-length final step): it cannot be a grid
+        sch.set_timesteps(n)
         assert sch.sigmas[-1] == sch.sigmas[-2]
         pytest.skip("DEISMultistepScheduler with Karras sigmas ends with a zero-length step (diffusers bug)")
-    got = ours(sched, x, t, solver="deis", order=order, variant="logrho", compat="diffusers")
-    record(f"DEISMultistep(order={order})", (got - ref).abs().max().item())
+    compare(f"DEISMultistep(order={order})", sch, n, solver="deis", order=order, variant="logrho")
 
 
 @pytest.mark.parametrize("n", STEPS)
@@ -180,20 +156,10 @@ def test_unipc(n, karras, order, bh):
             "diffusers: bh1 needs final_sigmas_type='sigma_min', which with Karras sigmas repeats the "
             "last sigma (a zero-length step)"
         )
-    sch = diffusers.UniPCMultistepScheduler(
-        beta_schedule="linear",
-        solver_order=order,
-        solver_type=bh,
-        use_karras_sigmas=karras,
-        final_sigmas_type=final,
-    )
-    x = x_init()
-    ref = run_sigma_scheduler(sch, n, x, vp_state=True)
-    sched = sched_of(sch)
-    got = ours(sched, x, unique_sigma_grid(sch), solver="unipc", order=order, variant=bh, compat="diffusers")
-    record(
-        f"UniPCMultistep({bh}, order={order}{', karras' if karras else ''})", (got - ref).abs().max().item()
-    )
+    cfg = dict(solver_order=order, solver_type=bh, use_karras_sigmas=karras, final_sigmas_type=final)
+    sch = diffusers.UniPCMultistepScheduler(beta_schedule="linear", **cfg)
+    name = f"UniPCMultistep({bh}, order={order}{', karras' if karras else ''})"
+    compare(name, sch, n, solver="unipc", order=order, variant=bh)
 
 
 @pytest.mark.parametrize("n", STEPS)

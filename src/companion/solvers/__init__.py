@@ -83,26 +83,17 @@ register(
         options=("eta",),
     )
 )
-register(
-    Entry(
-        "dpmsolver",
-        _dpm("eps"),
-        methods=_DPM_METHODS,
-        variants=_DPM_VARIANTS,
-        doc="DPM-Solver, noise prediction",
-        options=("corrector", "atol", "rtol"),
+for _name, _pred, _what in (("dpmsolver", "eps", "noise"), ("dpmsolver++", "x0", "data")):
+    register(
+        Entry(
+            _name,
+            _dpm(_pred),
+            methods=_DPM_METHODS,
+            variants=_DPM_VARIANTS,
+            doc=f"{_name}: {_what} prediction; multistep, singlestep(_fixed), adaptive",
+            options=("corrector", "atol", "rtol"),
+        )
     )
-)
-register(
-    Entry(
-        "dpmsolver++",
-        _dpm("x0"),
-        methods=_DPM_METHODS,
-        variants=_DPM_VARIANTS,
-        doc="DPM-Solver++, data prediction",
-        options=("corrector", "atol", "rtol"),
-    )
-)
 register(
     Entry(
         "deis",
@@ -124,24 +115,17 @@ register(
     )
 )
 
-register(
-    Entry(
-        "euler",
-        lambda order, method, variant, **_: RK(False, variant or "t"),
-        orders=(1,),
-        variants=(None, "t", "rho"),
-        doc="Euler on the PF-ODE in t (variant 't') or on x/alpha in sigma/alpha ('rho', = DDIM)",
+for _name, _heun in (("euler", False), ("heun", True)):
+    register(
+        Entry(
+            _name,
+            lambda order, method, variant, _heun=_heun, **_: RK(_heun, variant or "t"),
+            orders=(2,) if _heun else (1,),
+            variants=(None, "t", "rho"),
+            doc=f"{_name.capitalize()} ({1 + _heun} NFE per step) on the PF-ODE in t (variant 't') or on "
+            "x/alpha in sigma/alpha ('rho'; Euler there is DDIM)",
+        )
     )
-)
-register(
-    Entry(
-        "heun",
-        lambda order, method, variant, **_: RK(True, variant or "t"),
-        orders=(2,),
-        variants=(None, "t", "rho"),
-        doc="Heun (2 NFE per step) on the PF-ODE in t or ('rho') in sigma/alpha",
-    )
-)
 register(
     Entry(
         "pndm",
