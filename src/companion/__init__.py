@@ -3,14 +3,31 @@
 See the book (``make book``) for the derivations; the public API is documented in README.md.
 """
 
-from . import book, grids, metrics, noise, parameterization, reference, repro, schedules, solvers, targets
+from . import (
+    adapters,
+    book,
+    data,
+    grids,
+    metrics,
+    models,
+    noise,
+    parameterization,
+    reference,
+    repro,
+    schedules,
+    solvers,
+    targets,
+)
 from .sampling import sample
 
 __version__ = "0.1.0"
 __all__ = [
+    "adapters",
     "book",
+    "data",
     "grids",
     "metrics",
+    "models",
     "noise",
     "parameterization",
     "reference",

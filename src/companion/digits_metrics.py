@@ -32,7 +32,7 @@ def frechet_distance(feat_a: Tensor, feat_b: Tensor) -> float:
         raise ValueError("each feature set needs at least 2 rows to estimate a covariance")
     a, b = feat_a.double(), feat_b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    s_a, s_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))
     # tr((S_a^1/2 S_b S_a^1/2)^1/2) through symmetric eigendecompositions: stable for PSD inputs.
     w, v = torch.linalg.eigh(s_a)
     root_a = (v * w.clamp_min(0).sqrt()) @ v.T
