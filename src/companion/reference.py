@@ -30,6 +30,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
+from . import parameterization as P
 from .schedules import Schedule
 from .targets import GaussianMixture
 
@@ -44,44 +45,27 @@ def _check_schedule(schedule) -> None:
         raise TypeError(f"schedule must be a companion.schedules.Schedule; got {type(schedule).__name__}")
 
 
-def _score_fn(model, schedule: Schedule, prediction: str) -> Model:
-    """A score callable from a target or from a model with the given prediction."""
+def _converted(model, schedule: Schedule, prediction: str, dst: str) -> Model:
+    """A ``dst`` callable (score | eps) from a target or from a model with the given prediction."""
     if isinstance(model, GaussianMixture):
-        return model.model(schedule, "score")
+        return model.model(schedule, dst)
     if not callable(model):
         raise TypeError(
             f"model must be a GaussianMixture or a callable (x, t) -> prediction; got {type(model)}"
         )
     if prediction not in _PREDICTIONS:
         raise ValueError(f"prediction must be one of {_PREDICTIONS}; got {prediction!r}")
-    if prediction == "score":
+    if prediction == dst:
         return model
+    return lambda x, t: P.convert(model(x, t), x, prediction, dst, schedule, t)
 
-    def score(x: Tensor, t: Tensor) -> Tensor:
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        a, s = schedule.alpha(t).to(x).view(shape), schedule.sigma(t).to(x).view(shape)
-        out = model(x, t)
-        if prediction == "eps":
-            return -out / s
-        return (a * out - x) / s**2  # x0 prediction: Tweedie, x = a x0 + s^2 score
 
-    return score
+def _score_fn(model, schedule: Schedule, prediction: str) -> Model:
+    return _converted(model, schedule, prediction, "score")
 
 
 def _eps_fn(model, schedule: Schedule, prediction: str) -> Model:
-    if isinstance(model, GaussianMixture):
-        return model.model(schedule, "eps")
-    if prediction == "eps":
-        if not callable(model):
-            raise TypeError(f"model must be a GaussianMixture or a callable; got {type(model).__name__}")
-        return model
-    score = _score_fn(model, schedule, prediction)
-
-    def eps(x: Tensor, t: Tensor) -> Tensor:
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        return -schedule.sigma(t).to(x).view(shape) * score(x, t)
-
-    return eps
+    return _converted(model, schedule, prediction, "eps")
 
 
 def _time(value, name: str, schedule: Schedule) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import sde  # the reverse-SDE samplers (their own module; they join the registry in a later issue)
+from . import sde  # forward-SDE simulation; the reverse-SDE samplers are registry entries (stochastic.py)
 from .exponential import DDIM, DEIS, DPMSolver, UniPC
 from .pndm import PNDM
 from .problem import Problem
