@@ -42,7 +42,10 @@ def render(papers: list[dict], verdicts: dict[str, bool | None]) -> str:
         title = f"[{p['title']}](https://arxiv.org/abs/{p['arxiv']})"
         chapter = f"`{p['chapter']}`" if p.get("chapter") else "planned"
         solver = p.get("solver") or "—"
-        claims = " ".join(f"{MARK[verdicts[c]] if c in verdicts else '⏳'} `{c}`" for c in p.get("claims", [])) or "—"
+        claims = (
+            " ".join(f"{MARK[verdicts[c]] if c in verdicts else '⏳'} `{c}`" for c in p.get("claims", []))
+            or "—"
+        )
         lines.append(f"| {title} | {p['part']} | {chapter} | {solver} | {claims} |")
     covered = sum(1 for p in papers if p.get("chapter"))
     lines += [
