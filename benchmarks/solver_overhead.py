@@ -89,9 +89,9 @@ def main() -> None:
         sched = adapter.schedule_from_scheduler(sch)
         sch.set_timesteps(n, device="cpu")
         if name == "ddim":
-            grid = adapter.times_from_timesteps(sched, sch.timesteps)
+            grid = adapter.times_from_timesteps(sch.timesteps, sched, final=0.0)
         else:
-            grid = adapter.times_from_sigmas(sched, sch.sigmas)
+            grid = adapter.times_from_sigmas(sch.sigmas, sched)
         f_ours, f_theirs = ours(**kw), theirs(sch, **step_kw)
         f_ours(), f_theirs()  # warm-up
         t_ours, t_theirs = float("inf"), float("inf")

@@ -17,7 +17,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 import companion as cp  # noqa: E402
-from companion.adapters import diffusers_bridge as db  # noqa: E402
+from companion.adapters import diffusers as db  # noqa: E402
 
 STEPS = 20  # >= 15: diffusers' lower_order_final does not apply, so every step after the first is 2nd order
 

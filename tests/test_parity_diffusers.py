@@ -54,7 +54,7 @@ def vp_of_sigma(sig: torch.Tensor):
 
 
 def t_of_sigma(schedule, sigmas: torch.Tensor) -> torch.Tensor:
-    return adapter.times_from_sigmas(schedule, sigmas)
+    return adapter.times_from_sigmas(sigmas, schedule)
 
 
 def x_init(shape=(4, 3, 5)):
@@ -195,7 +195,7 @@ def run_ddpm_style(sch, n, x, eta=None):
 
 
 def ddpm_grid(sch, ts) -> torch.Tensor:
-    return adapter.times_from_timesteps(sched_of(sch), ts)
+    return adapter.times_from_timesteps(ts, sched_of(sch), final=0.0)
 
 
 @pytest.mark.parametrize("n", STEPS)

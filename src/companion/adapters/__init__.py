@@ -1,10 +1,11 @@
 """Adapters from other libraries' models and schedules to companion's ``model(x, t)`` convention."""
 
-from .diffusers_bridge import (
+from .diffusers import (
     DiffusersModel,
     from_pretrained,
     prediction_from_config,
     schedule_from_scheduler,
+    times_from_sigmas,
     times_from_timesteps,
     wrap,
 )
@@ -16,4 +17,5 @@ __all__ = [
     "schedule_from_scheduler",
     "prediction_from_config",
     "times_from_timesteps",
+    "times_from_sigmas",
 ]
