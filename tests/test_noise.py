@@ -127,3 +127,13 @@ def test_bad_arguments():
         N.resolve(object(), None)
     with pytest.raises(ValueError, match="times"):
         N.BrownianPath([1], [0.0, 0.0])
+
+
+def test_integer_counter_mixing_matches_tensor_arithmetic():
+    # Step counters are mixed in Python integers (no host-to-device copy per step); the bits must equal
+    # the int64 tensor arithmetic that tensor counters (Brownian interval indices) go through.
+    from companion.noise import _GOLDEN, _mix, _mix_int
+
+    cs = [0, 1, -1, -2, 7, 199, 2**40, -(2**62), 2**63 - 1, -(2**63)]
+    as_tensor = _mix(torch.tensor(cs, dtype=torch.int64) * _GOLDEN + _GOLDEN)
+    assert as_tensor.tolist() == [_mix_int(c) for c in cs]

@@ -32,6 +32,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ._device import host_to
+
 __all__ = [
     "NoiseSource",
     "NoiseStream",
@@ -77,10 +79,22 @@ def _mix(x: Tensor) -> Tensor:
     return x ^ _srl(x, 31)
 
 
+_U64 = (1 << 64) - 1
+
+
+def _mix_int(c: int) -> int:
+    """``_mix(c * golden + golden)`` for one counter, in Python integers (no tensor, so no host-to-device
+    copy inside a sampling loop); bit-identical to the int64 tensor arithmetic."""
+    x = (c * _GOLDEN + _GOLDEN) & _U64
+    x = ((x ^ (x >> 30)) * (_M1 & _U64)) & _U64
+    x = ((x ^ (x >> 27)) * (_M2 & _U64)) & _U64
+    return _i64(x ^ (x >> 31))
+
+
 def _key(seeds: Tensor, *counters: Tensor | int) -> Tensor:
     k = _mix(seeds * _GOLDEN + 0x632BE59BD9B4E019)
     for c in counters:
-        k = _mix(k ^ _mix(torch.as_tensor(c, dtype=torch.int64, device=k.device) * _GOLDEN + _GOLDEN))
+        k = _mix(k ^ (_mix_int(c) if isinstance(c, int) else _mix(c * _GOLDEN + _GOLDEN)))
     return k
 
 
@@ -129,7 +143,7 @@ class _SeededNoise:
     def randn(self, *shape: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
         """The prior draw x_T of shape (B, *shape): standard normals from each sample's own seed."""
         like = torch.empty((self.seeds.numel(), *shape), dtype=dtype, device=device)
-        return self._normal(self.seeds.to(like.device), like, _PRIOR)
+        return self._normal(host_to(self.seeds, like.device), like, _PRIOR)
 
 
 class PerSampleNoise(_SeededNoise):
@@ -141,7 +155,7 @@ class PerSampleNoise(_SeededNoise):
 
     def stream(self, grid: Tensor, like: Tensor) -> NoiseStream:
         self._check(like)
-        seeds = self.seeds.to(like.device)
+        seeds = host_to(self.seeds, like.device)
 
         def draw(i: int, k: int = 0) -> Tensor:
             return self._normal(seeds, like, i, k)
@@ -186,21 +200,26 @@ class BrownianPath(_SeededNoise):
     def increments(self, j0: int, j1: int, like: Tensor) -> Tensor:
         """W(times[j1]) - W(times[j0]) for j0 <= j1, shaped like ``like`` (float64 sums, cast)."""
         self._check(like)
+        return self._increments(j0, j1, like, *self._on(like.device))
+
+    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(seeds, sqrt of the fine steps) on ``device``: copied once per run, before the loop."""
+        return host_to(self.seeds, device), host_to(torch.diff(self.times).sqrt(), device)
+
+    def _increments(self, j0: int, j1: int, like: Tensor, seeds: Tensor, sqrt_dt: Tensor) -> Tensor:
         if j1 == j0:
             return torch.zeros_like(like)
-        dt = torch.diff(self.times[j0 : j1 + 1]).to(like.device)
-        seeds = self.seeds.to(like.device)
         n = math.prod(like.shape[1:])
         j = torch.arange(j0, j1, device=like.device, dtype=torch.int64)
         z = counter_normal(_key(seeds[:, None], _PATH, j[None, :]), n, torch.float64)  # (B, j1 - j0, n)
-        w = (z * dt.sqrt()[None, :, None]).sum(1)
+        w = (z * sqrt_dt[j0:j1][None, :, None]).sum(1)
         return w.reshape(like.shape).to(like.dtype)
 
     def fine_increments(self, like: Tensor) -> Tensor:
         """All fine increments W(times[j + 1]) - W(times[j]), shape (n_fine, *like.shape), float64."""
         self._check(like)
-        dt = torch.diff(self.times).to(like.device)
-        seeds = self.seeds.to(like.device)
+        dt = host_to(torch.diff(self.times), like.device)
+        seeds = host_to(self.seeds, like.device)
         j = torch.arange(dt.numel(), device=like.device, dtype=torch.int64)
         z = counter_normal(_key(seeds[None, :], _PATH, j[:, None]), math.prod(like.shape[1:]), torch.float64)
         return (z * dt.sqrt()[:, None, None]).reshape((-1,) + tuple(like.shape))
@@ -212,14 +231,14 @@ class BrownianPath(_SeededNoise):
             raise ValueError("BrownianPath needs one shared time grid per run (shape (N + 1,))")
         idx = self.index(g).tolist()  # before the loop: no host sync per step
         scale = (g[:-1] - g[1:]).abs().rsqrt().tolist()
-        seeds = self.seeds.to(like.device)
+        seeds, sqrt_dt = self._on(like.device)
 
         def draw(i: int, k: int = 0) -> Tensor:
             if k:
                 return self._normal(seeds, like, i, k)
             a, b = sorted((idx[i], idx[i + 1]))
             # Reverse time: the step from t_i down to t_{i+1} uses W(t_i) - W(t_{i+1}).
-            dw = self.increments(a, b, like)
+            dw = self._increments(a, b, like, seeds, sqrt_dt)
             return dw * scale[i] if idx[i] > idx[i + 1] else dw * -scale[i]
 
         return draw

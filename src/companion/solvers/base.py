@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import parameterization as P
+from .._device import host_to
 from ..schedules import Schedule
 
 __all__ = ["Points", "phi", "E", "Evaluator", "lincomb", "rows", "kernel", "lagrange_weights"]
@@ -120,7 +121,7 @@ def rows(c: Tensor, x: Tensor) -> list[Coef]:
     c = torch.as_tensor(c, dtype=torch.float64)
     if c.dim() <= 1:
         return c.reshape(-1).tolist()
-    out = c.to(x.device, x.dtype).reshape(c.shape + (1,) * (x.dim() - 1))
+    out = host_to(c, x.device, x.dtype).reshape(c.shape + (1,) * (x.dim() - 1))
     return list(out.unbind(0))
 
 
@@ -178,7 +179,7 @@ class Evaluator:
             bx, bo = P.coefficients("x0", self.target, alpha, sigma)
         else:
             bx, bo = torch.zeros_like(cx), torch.ones_like(cx)
-        tm = (t if t.dim() == 2 else t[:, None].expand(-1, self.batch)).to(self.device, self.t_dtype)
+        tm = host_to(t if t.dim() == 2 else t[:, None].expand(-1, self.batch), self.device, self.t_dtype)
         return list(zip(tm.unbind(0), rows(cx, x), rows(co, x), rows(bx, x), rows(bo, x), strict=True))
 
     def linear(self, x: Tensor, point) -> tuple[Tensor, Coef, Coef]:

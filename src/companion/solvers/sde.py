@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._device import host_to
 from ..schedules import Schedule
 
 __all__ = ["forward_euler_maruyama"]
@@ -33,8 +34,8 @@ def forward_euler_maruyama(
         raise ValueError("timesteps must be strictly increasing (from data towards noise)")
     schedule.check_t(ts, "timesteps")
     h = ts[1:] - ts[:-1]
-    keep = (1.0 + h * schedule.f(ts[:-1])).to(x_0.device, x_0.dtype)
-    noise = torch.sqrt(schedule.g2(ts[:-1]) * h).to(x_0.device, x_0.dtype)
+    keep = host_to(1.0 + h * schedule.f(ts[:-1]), x_0.device, x_0.dtype)
+    noise = host_to(torch.sqrt(schedule.g2(ts[:-1]) * h), x_0.device, x_0.dtype)
     x = x_0
     for i in range(h.numel()):
         x = keep[i] * x + noise[i] * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
