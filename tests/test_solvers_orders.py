@@ -30,8 +30,8 @@ def problem(request):
     return model, x, reference(model, SCHED, x, 1.0, 1e-3)
 
 
-# (id, sample kwargs, NFE/steps, nominal order). UniPC-p with its UniC corrector is order p + 1 per step
-# (Zhao et al. 2023, Thm. 3.3); see test_unipc3_warmup for p = 3.
+# (id, sample kwargs, NFE/steps, nominal order). UniPC-p with its UniC corrector is order p + 1
+# (Zhao et al. 2023, Thm. 3.3).
 CASES = [
     ("ddim", dict(solver="ddim", order=1), STEPS, 1),
     ("dpmsolver-2-singlestep", dict(solver="dpmsolver", order=2, method="singlestep"), STEPS, 2),
@@ -43,7 +43,15 @@ CASES = [
     ("deis-2", dict(solver="deis", order=2), STEPS, 2),
     ("deis-3", dict(solver="deis", order=3), STEPS, 3),
     ("unipc-2", dict(solver="unipc", order=2), STEPS, 3),
+    ("unipc-3", dict(solver="unipc", order=3), STEPS, 4),
 ]
+# Over 20-320 steps UniPC-3 fits 3.74 (2-D) and 3.66 (16-D); on six mixtures of each kind 3.40-3.86. The
+# cause is not the warm-up: refining the first (or the last) step 16-fold changes no fitted digit. The
+# local slopes dip to about 3.1 between 40 and 80 steps and then climb to 3.88 (2-D) / 3.95 (16-D) at
+# 320 -> 640 steps: the order-4 term dominates only past ~200 steps (test_unipc3_asymptotic_order).
+_UNIPC3_16D = (
+    "UniPC-3 fits 3.66 over 20-320 steps on the 16-D mixture (pre-asymptotic; see the comment above)"
+)
 
 
 def slope(problem, kwargs, steps) -> float:
@@ -60,19 +68,19 @@ def slope(problem, kwargs, steps) -> float:
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_order(problem, case, request):
     _, kwargs, steps, nominal = case
+    if case[0] == "unipc-3" and request.node.callspec.id.startswith("16d"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=_UNIPC3_16D))
     p = slope(problem, kwargs, steps)
     ORDERS[f"{request.node.callspec.id} (nominal {nominal})"] = p
     assert abs(p - nominal) <= 0.3, f"{case[0]}: fitted order {p:.2f}, nominal {nominal}"
 
 
-def test_unipc3_warmup(problem, request):
-    """UniPC-3: UniC-3 steps are order 4, but the warm-up step (UniP-1 + UniC-1) has a local error O(h^3),
-    so the global order tends to 3; over 20-320 steps the slope lies between the two (2-D: 3.9, 16-D: 3.7).
-    The per-step order p + 1 itself is checked exactly in test_solvers_exactness (UniC integrates degree-p
-    polynomials exactly)."""
-    p = slope(problem, dict(solver="unipc", order=3), STEPS)
-    ORDERS[f"{request.node.callspec.id}-unipc-3 (per step 4, warm-up 3)"] = p
-    assert 3.0 - 0.3 <= p <= 4.0 + 0.3, p
+def test_unipc3_asymptotic_order(problem, request):
+    """UniPC-3 (UniP-3 + UniC-3) is order 4: the slope fitted over 160, 320 and 640 steps is within 0.3 of 4
+    (2-D 3.80, 16-D 3.92). The per-step order is also checked exactly in test_solvers_exactness."""
+    p = slope(problem, dict(solver="unipc", order=3), (160, 320, 640))
+    ORDERS[f"{request.node.callspec.id}-unipc-3 over 160-640 (nominal 4)"] = p
+    assert abs(p - 4.0) <= 0.3, p
 
 
 @pytest.fixture(scope="module", autouse=True)
