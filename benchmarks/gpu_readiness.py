@@ -27,6 +27,7 @@ import warnings
 import torch
 
 import companion as cp
+from companion import parameterization as P
 from companion.adapters import diffusers as adapter
 
 #: (label, cp.sample keyword arguments). Stochastic ones draw from per-sample seeds (batch-invariant noise).
@@ -164,6 +165,34 @@ def main() -> None:
         free += not sites and "adaptive" not in label
         finite = bool(torch.isfinite(out).all())
         print(f"sync check  {label:40s} {verdict}, finite={finite}")
+
+    # A trained network through classifier-free guidance (labels moved to the device once, not per step),
+    # with and without dynamic thresholding.
+    net = cp.models.load("digits-unet-eps", device=dev).to(torch.float32)
+    y = torch.arange(64, device=dev) % 10
+    x_d = torch.randn(64, 1, 8, 8, generator=g, device=dev)
+    for label, x0_fn in (
+        ("digits UNet, CFG w=4, dpmsolver++ 2M", None),
+        ("  + dynamic thresholding", P.dynamic_threshold),
+    ):
+        guided = net.cond(y, guidance=4.0)
+        run = lambda guided=guided, x0_fn=x0_fn: cp.sample(  # noqa: E731
+            guided,
+            x_d,
+            schedule=net.schedule,
+            prediction=net.prediction,
+            steps=10,
+            t_start=1.0,
+            t_end=1e-3,
+            x0_fn=x0_fn,
+        )
+        if dev.type != "cuda":
+            print(f"sync check  {label:40s} ran (not CUDA), finite={bool(torch.isfinite(run()).all())}")
+            continue
+        with torch.no_grad():
+            out, sites = sync_sites(run)
+        verdict = "no sync" if not sites else f"SYNC x{sum(sites.values())} at " + "; ".join(sites)
+        print(f"sync check  {label:40s} {verdict}, finite={bool(torch.isfinite(out).all())}")
 
     # 2. per-sample noise: sample i of a batch of 7 equals the same sample drawn alone, on this device
     def rowwise(x, t):  # a row-wise model, so that any batch dependence would come from the solver

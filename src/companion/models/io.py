@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._device import host_to
 from ..parameterization import classifier_free_guidance
 from ..schedules import Schedule, get_schedule
 from .nets import ARCHITECTURES
@@ -155,10 +156,13 @@ class Model:
         if bool(((labels < 0) | (labels >= num_classes)).any()):
             raise ValueError(f"y must hold class labels in [0, {num_classes}); got {labels.tolist()}")
         w = float(guidance)
+        on_device: dict[torch.device, Tensor] = {}  # labels copied once per device, not once per step
 
         def guided(x: Tensor, t: Tensor | float) -> Tensor:
             b = x.shape[0]
-            yc = labels.to(x.device).expand(b)
+            if x.device not in on_device:
+                on_device[x.device] = host_to(labels, x.device)
+            yc = on_device[x.device].expand(b)
             yu = torch.full((b,), num_classes, device=x.device, dtype=torch.long)
             tt = torch.as_tensor(t, device=x.device, dtype=x.dtype)
             return classifier_free_guidance(self, w, yc, yu)(x, tt)
