@@ -84,6 +84,8 @@ def sync_sites(fn):
     shown = warnings.showwarning
 
     def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):  # other warnings (deprecations, ...) are not syncs
+            return
         frames = [f for f in traceback.extract_stack() if "/src/companion/" in f.filename.replace("\\", "/")]
         key = (
             f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "outside companion"
@@ -101,6 +103,18 @@ def sync_sites(fn):
         torch.cuda.set_sync_debug_mode(0)
         warnings.showwarning = shown
     return out, sites
+
+
+def check_sync(label: str, run, device: torch.device) -> bool:
+    """Print whether ``run()`` syncs the host (on CUDA) and whether its output is finite; True when sync-free.
+    On the CPU it is a dry run: the loop runs, but syncs cannot be detected."""
+    if device.type != "cuda":
+        print(f"sync check  {label:40s} ran (not CUDA), finite={bool(torch.isfinite(run()).all())}")
+        return False
+    out, sites = sync_sites(run)
+    verdict = "no sync" if not sites else f"SYNC x{sum(sites.values())} at " + "; ".join(sites)
+    print(f"sync check  {label:40s} {verdict}, finite={bool(torch.isfinite(out).all())}")
+    return not sites
 
 
 def _sync(device: torch.device) -> None:
@@ -149,22 +163,13 @@ def main() -> None:
         _, probe = sync_sites(lambda: x_T.sum().item())
         print(f"sync detector self-test (.item()): {sum(probe.values())} sync(s) seen")
     free = 0
-    checked = [c for c in CONFIGS if "adaptive" not in c[0]]
     for label, kw in CONFIGS:
         kw = dict(kw)
         if kw.pop("per_sample", False):
             kw["noise"] = seeds
-        if dev.type != "cuda":  # a dry run: the loop runs, but syncs cannot be detected on the CPU
-            out = cp.sample(model, x_T, schedule=sched, prediction="eps", steps=n, t_end=1e-3, **kw)
-            print(f"sync check  {label:40s} ran (not CUDA), finite={bool(torch.isfinite(out).all())}")
-            continue
-        out, sites = sync_sites(
-            lambda kw=kw: cp.sample(model, x_T, schedule=sched, prediction="eps", steps=n, t_end=1e-3, **kw)
-        )
-        verdict = "no sync" if not sites else f"SYNC x{sum(sites.values())} at " + "; ".join(sites)
-        free += not sites and "adaptive" not in label
-        finite = bool(torch.isfinite(out).all())
-        print(f"sync check  {label:40s} {verdict}, finite={finite}")
+        run = lambda kw=kw: cp.sample(model, x_T, schedule=sched, prediction="eps", steps=n, t_end=1e-3, **kw)  # noqa: E731
+        free += check_sync(label, run, dev) and "adaptive" not in label
+    checked = sum("adaptive" not in label for label, _ in CONFIGS) if dev.type == "cuda" else 0
 
     # A trained network through classifier-free guidance (labels moved to the device once, not per step),
     # with and without dynamic thresholding.
@@ -186,13 +191,8 @@ def main() -> None:
             t_end=1e-3,
             x0_fn=x0_fn,
         )
-        if dev.type != "cuda":
-            print(f"sync check  {label:40s} ran (not CUDA), finite={bool(torch.isfinite(run()).all())}")
-            continue
         with torch.no_grad():
-            out, sites = sync_sites(run)
-        verdict = "no sync" if not sites else f"SYNC x{sum(sites.values())} at " + "; ".join(sites)
-        print(f"sync check  {label:40s} {verdict}, finite={bool(torch.isfinite(out).all())}")
+            check_sync(label, run, dev)
 
     # 2. per-sample noise: sample i of a batch of 7 equals the same sample drawn alone, on this device
     def rowwise(x, t):  # a row-wise model, so that any batch dependence would come from the solver
@@ -293,14 +293,7 @@ def main() -> None:
                 return x
 
             t_theirs = best_time(theirs, dev, args.repeats) / n
-            synced = "n/a"
-            if dev.type == "cuda":
-                torch.cuda.set_sync_debug_mode("warn")
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    theirs()
-                torch.cuda.set_sync_debug_mode(0)
-                synced = str(sum("synchroniz" in str(w.message) for w in caught))
+            synced = str(sum(sync_sites(theirs)[1].values())) if dev.type == "cuda" else "n/a"
             line += (
                 f"  diffusers {1e3 * t_theirs:7.3f} ms (overhead {1e3 * (t_theirs - t_model):6.3f} ms, "
                 f"host syncs per run: {synced})"
@@ -310,7 +303,7 @@ def main() -> None:
     print(
         f"gpu overhead ms/step vs {args.model_ms:g} ms model: "
         + " ".join(f"{k}={1e3 * v:.3f}" for k, v in ours_over.items())
-        + f"; sync-free: {free}/{len(checked) if dev.type == 'cuda' else 0}"
+        + f"; sync-free: {free}/{checked}"
     )
 
 
