@@ -7,7 +7,10 @@ at rtol 1e-12. Prints
 3. the same fits when the first or the last step is split into 16 equal logSNR sub-steps: if the
    one-evaluation warm-up (order 2 locally) or the final predictor-only step limited the order, this would
    move the fit;
-4. the 20-320 fit on six mixtures of each kind (seeds 0-5).
+4. the 20-320 fit on six mixtures of each kind (seeds 0-5), for UniPC-3 in data prediction (the default,
+   as in the official code and diffusers) and in noise prediction, next to the third-order multistep
+   DPM-Solver(3M) and DPM-Solver++(3M): how far a fit over this window strays from the nominal order on
+   mixtures of the same kind.
 
     PYTHONPATH=src:tests python benchmarks/order_unipc3.py
 """
@@ -48,19 +51,20 @@ def grid(n: int, split: str | None) -> torch.Tensor:
     return out
 
 
-def errors(problem, steps, split=None) -> list[float]:
+UNIPC3 = dict(solver="unipc", order=3)
+ACROSS = {
+    "UniPC-3, data prediction (nominal 4)": UNIPC3,
+    "UniPC-3, noise prediction (nominal 4)": dict(UNIPC3, pred="eps"),
+    "DPM-Solver(3M), noise (nominal 3)": dict(solver="dpmsolver", order=3),
+    "DPM-Solver++(3M), data (nominal 3)": dict(solver="dpmsolver++", order=3),
+}
+
+
+def errors(problem, steps, split=None, solver=UNIPC3) -> list[float]:
     model, x, ref = problem
     out = []
     for n in steps:
-        y = cp.sample(
-            model,
-            x,
-            schedule=SCHED,
-            solver="unipc",
-            order=3,
-            timesteps=grid(n, split),
-            lower_order_final=False,
-        )
+        y = cp.sample(model, x, schedule=SCHED, timesteps=grid(n, split), lower_order_final=False, **solver)
         out.append(((y - ref) ** 2).mean().sqrt().item())
     return out
 
@@ -82,8 +86,14 @@ def main() -> None:
             print(
                 f"{name} fit 20-320, {split} step split 16x: {fitted_order(WINDOW, errors(prob, WINDOW, split)):.2f}"
             )
-        fits = [fitted_order(WINDOW, errors(setup(name, s), WINDOW)) for s in range(6)]
-        print(f"{name} fit 20-320 on mixtures seeds 0-5: " + " ".join(f"{v:.2f}" for v in fits))
+        probs = [prob] + [setup(name, s) for s in range(1, 6)]
+        for label, solver in ACROSS.items():
+            fits = [fitted_order(WINDOW, errors(p, WINDOW, solver=solver)) for p in probs]
+            print(
+                f"{name} fit 20-320, seeds 0-5, {label:38s}: "
+                + " ".join(f"{v:.2f}" for v in fits)
+                + f"  (range {min(fits):.2f}-{max(fits):.2f})"
+            )
 
 
 if __name__ == "__main__":
