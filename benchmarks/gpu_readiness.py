@@ -2,8 +2,10 @@
 
 Two checks on a CUDA device, in one run:
 
-1. Every fixed-grid solver runs a whole sampling loop under ``torch.cuda.set_sync_debug_mode("error")``:
-   any host-device synchronisation (``.item()``, ``if tensor:``, a device-to-host copy) raises. The
+1. Every fixed-grid solver runs a whole sampling loop under ``torch.cuda.set_sync_debug_mode("warn")``,
+   which reports each host-device synchronisation (``.item()``, ``if tensor:``, a device-to-host copy)
+   with the line it came from; a loop found sync-free runs again under ``"error"``, which must raise
+   nothing. The
    adaptive DPM-Solver is listed too: its accept/reject decision needs the error norm on the host, so
    it is expected to sync once per step (reported, not an error).
 2. Per-step overhead: the model is a GPU kernel that spins for ``--model-ms`` and returns a precomputed
@@ -45,6 +47,7 @@ CONFIGS = [
     ("pndm", dict(solver="pndm")),
     ("euler-maruyama", dict(solver="euler-maruyama", per_sample=True)),
     ("ancestral", dict(solver="ancestral", per_sample=True)),
+    ("ancestral sigma^2=beta", dict(solver="ancestral", variant="large", per_sample=True)),
     ("ddim eta=1", dict(solver="ddim", eta=1.0, per_sample=True)),
     ("sde-dpmsolver++ 2M", dict(solver="sde-dpmsolver++", order=2, per_sample=True)),
     ("pc", dict(solver="pc", per_sample=True)),
@@ -105,16 +108,35 @@ def sync_sites(fn):
     return out, sites
 
 
+def raises_under_error_mode(run) -> str | None:
+    """Run ``run()`` under ``torch.cuda.set_sync_debug_mode("error")``: the error text if it raised, else None."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+        return None
+    except RuntimeError as err:
+        return str(err).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
+
+
 def check_sync(label: str, run, device: torch.device) -> bool:
     """Print whether ``run()`` syncs the host (on CUDA) and whether its output is finite; True when sync-free.
-    On the CPU it is a dry run: the loop runs, but syncs cannot be detected."""
+    A run found sync-free is repeated under the "error" debug mode, which must raise nothing. On the CPU it is
+    a dry run: the loop runs, but syncs cannot be detected."""
     if device.type != "cuda":
         print(f"sync check  {label:40s} ran (not CUDA), finite={bool(torch.isfinite(run()).all())}")
         return False
     out, sites = sync_sites(run)
-    verdict = "no sync" if not sites else f"SYNC x{sum(sites.values())} at " + "; ".join(sites)
+    if sites:
+        verdict, raised = f"SYNC x{sum(sites.values())} at " + "; ".join(sites), "not tried"
+    else:
+        raised = raises_under_error_mode(run)
+        verdict = 'no sync, mode "error" ' + ("raised nothing" if raised is None else f"RAISED: {raised}")
     print(f"sync check  {label:40s} {verdict}, finite={bool(torch.isfinite(out).all())}")
-    return not sites
+    return not sites and raised is None
 
 
 def _sync(device: torch.device) -> None:

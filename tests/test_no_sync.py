@@ -77,6 +77,7 @@ CONFIGS = [
     dict(solver="pndm"),
     dict(solver="euler-maruyama", noise=_noise),
     dict(solver="ancestral", noise=_noise),
+    dict(solver="ancestral", variant="large", noise=_noise),
     dict(solver="ddim", eta=1.0, noise=_noise),
     dict(solver="sde-dpmsolver++", order=2, noise=_noise),
     dict(solver="sde-dpmsolver++", order=3, noise=_noise),

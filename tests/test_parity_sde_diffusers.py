@@ -56,8 +56,11 @@ def test_sde_dpmsolver_pp_matches_diffusers(order, solver_type, steps):
     assert float((ours - x).abs().max()) <= 1e-5
 
 
-def test_ddpm_matches_diffusers():
-    sch = diffusers.DDPMScheduler(beta_schedule="linear", clip_sample=False)
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_matches_diffusers(variance):
+    sch = diffusers.DDPMScheduler(
+        beta_schedule="linear", clip_sample=False, variance_type=f"fixed_{variance}"
+    )
     steps = 50
     sched, model, grid, x_T, _, eps = _setup(sch, steps)
     # DDPMScheduler draws its noise itself: replay the same generator's draws (none at the final step).
@@ -68,7 +71,15 @@ def test_ddpm_matches_diffusers():
     g = torch.Generator().manual_seed(1)
     z = torch.stack([torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(steps - 1)])
     z = torch.cat([z, torch.zeros(1, B, D, dtype=torch.float64)])
-    ours = cp.sample(model, x_T, schedule=sched, solver="ancestral", timesteps=grid, noise=InjectedNoise(z))
+    ours = cp.sample(
+        model,
+        x_T,
+        schedule=sched,
+        solver="ancestral",
+        variant=variance,
+        timesteps=grid,
+        noise=InjectedNoise(z),
+    )
     assert float((ours - x).abs().max()) <= 1e-5
 
 

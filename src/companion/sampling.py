@@ -107,12 +107,11 @@ def sample(
             return grids.get_grid(grid, schedule, n, t_start, t_end, rho)
 
         grid_name = grid
-        make_grid(1)  # validate t_start / t_end once, before any model call
-    per_sample = make_grid(1).dim() == 2
-    if per_sample and make_grid(1).shape[1] != x_T.shape[0]:
-        raise ValueError(
-            f"per-sample times must have B = {x_T.shape[0]} columns; got {make_grid(1).shape[1]}"
-        )
+    # Validates t_start / t_end before any model call; the grid most solvers use, so it is built once.
+    first = make_grid(steps)
+    per_sample = first.dim() == 2
+    if per_sample and first.shape[1] != x_T.shape[0]:
+        raise ValueError(f"per-sample times must have B = {x_T.shape[0]} columns; got {first.shape[1]}")
     if method == "singlestep_fixed" and steps < order:
         raise ValueError(f"steps must be >= order ({order}) for method 'singlestep_fixed'; got steps={steps}")
 

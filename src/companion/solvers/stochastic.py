@@ -41,6 +41,7 @@ from .problem import Problem
 __all__ = [
     "EulerMaruyama",
     "Ancestral",
+    "ancestral_coefs",
     "SDEDPMSolverPP",
     "PredictorCorrector",
     "Interpolant",
@@ -93,21 +94,51 @@ class EulerMaruyama:
         return _run(prob, "eps", pts, [1] * len(A), A, B, std)
 
 
+def ancestral_coefs(pts: Points, eta: float, variance: str = "small") -> tuple[Tensor, Tensor, Tensor]:
+    """a, b, std of the ancestral step x_t = a x_s + b x0 + std z from s to the next (cleaner) time t.
+
+    ``"small"``: DDIM's eta family (:func:`multistep.ddim_noise_coefs`); at eta = 1 the posterior
+    q(x_t | x_s, x0) at the predicted x0, variance sigma_t^2 (1 - e^{-2h}) (Ho et al. 2020's beta-tilde).
+    Holding x0 at its mean drops b^2 Cov[x0 | x_s], b = alpha_t (1 - e^{-2h}), from the step's true
+    variance: a first-order deficit (chapter 1, ``prop-ancestral-deficit``).
+    ``"large"`` (eta = 1): adds that term back for standard normal data, whose Cov[x0 | x_s] is
+    sigma_s^2 / (alpha_s^2 + sigma_s^2) I, so the step is exact in law for x0 ~ N(0, I); on a VP schedule the
+    variance is then the forward step's 1 - alpha_s^2/alpha_t^2, Ho et al. 2020's sigma^2 = beta (diffusers'
+    ``variance_type="fixed_large"``). The step onto clean data (sigma_t = 0) returns the mean, as theirs.
+    """
+    a, b, std = ms.ddim_noise_coefs(pts, eta)
+    if variance == "large":
+        s, t = pts[:-1], pts[1:]
+        cov = s.sigma**2 / (s.alpha**2 + s.sigma**2)
+        std = torch.where(t.sigma > 0, torch.sqrt(std**2 + b**2 * cov), torch.zeros_like(std))
+    return a, b, std
+
+
 @dataclass(frozen=True)
 class Ancestral:
     """Ancestral sampling: DDPM (Ho et al. 2020, eq. 6-7: the posterior q(x_t | x_s, x0) at the predicted x0)
     on any grid, and DDIM's eta family (Song et al. 2021a, eq. 12 and 16) for 0 <= eta <= 1:
     x_t = a x_s + (alpha_t - a alpha_s) x0 + std z, std = eta sigma_t sqrt(1 - e^{-2h}),
-    a = sqrt(sigma_t^2 - std^2)/sigma_s. eta = 1 is DDPM and SDE-DPM-Solver++(1). 1 NFE per step;
+    a = sqrt(sigma_t^2 - std^2)/sigma_s. eta = 1 is DDPM and SDE-DPM-Solver++(1). ``variance="large"`` is
+    DDPM's other variance, exact for standard normal data (:func:`ancestral_coefs`). 1 NFE per step;
     strong order 1 for eta = 1 (to the reverse SDE), weak order 1."""
 
     eta: float = 1.0
     order: int = 1
+    variance: str = "small"
 
     def __call__(self, prob: Problem) -> Tensor:
         pts = _grid(prob)
-        a, b, std = ms.ddim_noise_coefs(pts, self.eta)
+        a, b, std = ancestral_coefs(pts, self.eta, self.variance)
         return _run(prob, "x0", pts, [1] * len(a), a, b[:, None], std)
+
+
+def _ancestral(order, method, variant, eta=1.0, **_) -> Ancestral:
+    eta = _check_eta(eta)
+    variance = variant or "small"
+    if variance == "large" and eta != 1.0:
+        raise ValueError(f"variant 'large' (DDPM's sigma^2 = beta) needs eta = 1; got eta={eta!r}")
+    return Ancestral(eta, variance=variance)
 
 
 # --- SDE-DPM-Solver++ ----------------------------------------------------------------------------
@@ -312,10 +343,12 @@ register(
 register(
     Entry(
         "ancestral",
-        lambda order, method, variant, eta=1.0, **_: Ancestral(_check_eta(eta)),
+        _ancestral,
         orders=(1,),
+        variants=(None, "small", "large"),
         stochastic=True,
-        doc="ancestral / DDPM posterior sampling (eta = 1), DDIM eta family",
+        doc="ancestral / DDPM posterior sampling (eta = 1), DDIM eta family; variant 'large': DDPM's "
+        "sigma^2 = beta, exact for standard normal data",
         options=("eta",),
     )
 )
