@@ -118,7 +118,9 @@ def _weak_setup(d: int) -> dict:
 
 @pytest.mark.slow
 def _kw_id(v):
-    return "-".join(f"{k}={x}" for k, x in v.items()) or "default" if isinstance(v, dict) else None
+    if not isinstance(v, dict):
+        return None
+    return "-".join(f"{k}={x}" for k, x in v.items()) or "default"
 
 
 @pytest.mark.parametrize("d,solver,kw,grid", WEAK, ids=_kw_id)

@@ -218,11 +218,10 @@ class BrownianPath(_SeededNoise):
     def fine_increments(self, like: Tensor) -> Tensor:
         """All fine increments W(times[j + 1]) - W(times[j]), shape (n_fine, *like.shape), float64."""
         self._check(like)
-        dt = host_to(torch.diff(self.times), like.device)
-        seeds = host_to(self.seeds, like.device)
-        j = torch.arange(dt.numel(), device=like.device, dtype=torch.int64)
+        seeds, sqrt_dt = self._on(like.device)
+        j = torch.arange(sqrt_dt.numel(), device=like.device, dtype=torch.int64)
         z = counter_normal(_key(seeds[None, :], _PATH, j[:, None]), math.prod(like.shape[1:]), torch.float64)
-        return (z * dt.sqrt()[:, None, None]).reshape((-1,) + tuple(like.shape))
+        return (z * sqrt_dt[:, None, None]).reshape((-1,) + tuple(like.shape))
 
     def stream(self, grid: Tensor, like: Tensor) -> NoiseStream:
         self._check(like)

@@ -106,6 +106,10 @@ def ancestral_coefs(pts: Points, eta: float, variance: str = "small") -> tuple[T
     variance is then the forward step's 1 - alpha_s^2/alpha_t^2, Ho et al. 2020's sigma^2 = beta (diffusers'
     ``variance_type="fixed_large"``). The step onto clean data (sigma_t = 0) returns the mean, as theirs.
     """
+    if variance not in ("small", "large"):
+        raise ValueError(f"variance must be 'small' or 'large'; got {variance!r}")
+    if variance == "large" and eta != 1.0:
+        raise ValueError(f"variant 'large' (DDPM's sigma^2 = beta) needs eta = 1; got eta={eta!r}")
     a, b, std = ms.ddim_noise_coefs(pts, eta)
     if variance == "large":
         s, t = pts[:-1], pts[1:]
@@ -119,8 +123,9 @@ class Ancestral:
     """Ancestral sampling: DDPM (Ho et al. 2020, eq. 6-7: the posterior q(x_t | x_s, x0) at the predicted x0)
     on any grid, and DDIM's eta family (Song et al. 2021a, eq. 12 and 16) for 0 <= eta <= 1:
     x_t = a x_s + (alpha_t - a alpha_s) x0 + std z, std = eta sigma_t sqrt(1 - e^{-2h}),
-    a = sqrt(sigma_t^2 - std^2)/sigma_s. eta = 1 is DDPM and SDE-DPM-Solver++(1). ``variance="large"`` is
-    DDPM's other variance, exact for standard normal data (:func:`ancestral_coefs`). 1 NFE per step;
+    a = sqrt(sigma_t^2 - std^2)/sigma_s. eta = 1 is DDPM and SDE-DPM-Solver++(1). ``variance="large"``
+    (``cp.sample(..., variant="large")``) is DDPM's other variance, exact for standard normal data
+    (:func:`ancestral_coefs`, which also checks it). 1 NFE per step;
     strong order 1 for eta = 1 (to the reverse SDE), weak order 1."""
 
     eta: float = 1.0
@@ -131,14 +136,6 @@ class Ancestral:
         pts = _grid(prob)
         a, b, std = ancestral_coefs(pts, self.eta, self.variance)
         return _run(prob, "x0", pts, [1] * len(a), a, b[:, None], std)
-
-
-def _ancestral(order, method, variant, eta=1.0, **_) -> Ancestral:
-    eta = _check_eta(eta)
-    variance = variant or "small"
-    if variance == "large" and eta != 1.0:
-        raise ValueError(f"variant 'large' (DDPM's sigma^2 = beta) needs eta = 1; got eta={eta!r}")
-    return Ancestral(eta, variance=variance)
 
 
 # --- SDE-DPM-Solver++ ----------------------------------------------------------------------------
@@ -343,7 +340,7 @@ register(
 register(
     Entry(
         "ancestral",
-        _ancestral,
+        lambda order, method, variant, eta=1.0, **_: Ancestral(_check_eta(eta), variance=variant or "small"),
         orders=(1,),
         variants=(None, "small", "large"),
         stochastic=True,
