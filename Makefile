@@ -33,7 +33,7 @@ test: $(STAMP)
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
 
 models: $(STAMP)
-	$(PY) -m companion.train all --out models
+	$(PY) -m companion.lab.train all --out models
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -87,7 +87,7 @@ def write_report(dest: Path, claims_dir: Path, expected_file: Path) -> None:
     text = [
         "# Reproduction report",
         "",
-        "Each chapter records the paper claims it checks in a ledger (`companion.repro.record`); this page is",
+        "Each chapter records the paper claims it checks in a ledger (`companion.lab.claims.record`); this page is",
         "generated from that ledger by `make book`. A claim that did not reproduce fails the build unless it is",
         "listed, with its reason, in `book/expected_nonreproductions.json`.",
         "",

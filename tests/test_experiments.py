@@ -1,4 +1,4 @@
-"""companion.experiments: the helpers behind the chapters' error-vs-NFE, speed-up and inversion figures."""
+"""companion.lab.experiments: the helpers behind the chapters' error-vs-NFE, speed-up and inversion figures."""
 
 import math
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from companion.metrics import median_bandwidth, mmd2, mmd2_noise_floor
+from companion.lab.metrics import median_bandwidth, mmd2, mmd2_noise_floor
 
 F64 = torch.float64
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from companion import data, digits_metrics, models
-from companion.train import eval_sample
+from companion.lab.train import eval_sample
 
 SHIPPED = [
     "digits-classifier",
@@ -52,7 +52,7 @@ def copy_of(tmp_path):
 
 # ------------------------------------------------------------------------- shipped files and loader
 def test_every_recipe_is_shipped_and_small():
-    from companion.train import RECIPES
+    from companion.lab.train import RECIPES
 
     assert sorted(models.available()) == sorted(SHIPPED) == sorted(RECIPES)
     total = sum((models.models_dir() / f"{n}.safetensors").stat().st_size for n in SHIPPED)

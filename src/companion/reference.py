@@ -16,7 +16,8 @@ so the integrand is smooth even for piecewise schedules. scipy's DOP853 (order 8
 
 with the divergence exact (closed form for targets, autograd otherwise) or estimated by Hutchinson's
 trace estimator  E_v[v^T grad F v]  with probes fixed along each trajectory (Grathwohl et al. 2019).
-These are reference tools (host loops, numpy round trips), not fast samplers.
+These are reference tools (host loops, numpy round trips), not fast samplers. scipy is imported when an
+integrator runs, so ``import companion`` stays free of it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from . import parameterization as P
@@ -122,6 +122,8 @@ def solve_pf_ode(
         return _finite((-torch.exp(-lt) * e.to(torch.float64)).reshape(-1).cpu().numpy(), lam)
 
     u0 = (x64 / schedule.alpha(torch.tensor(t0, dtype=torch.float64))).reshape(-1).cpu().numpy()
+    from scipy.integrate import solve_ivp
+
     sol = solve_ivp(rhs, (lam0, lam1), u0, method="DOP853", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"solve_pf_ode: DOP853 failed: {sol.message}")
@@ -298,6 +300,8 @@ def pf_ode_log_likelihood(
         return _finite(np.concatenate([dx.reshape(-1).numpy(), div.detach().reshape(-1).numpy()]), t)
 
     y0 = np.concatenate([x64.reshape(-1).cpu().numpy(), np.zeros(B * max(P, 1))])
+    from scipy.integrate import solve_ivp
+
     sol = solve_ivp(rhs, (t0, t1), y0, method="DOP853", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"pf_ode_log_likelihood: DOP853 failed: {sol.message}")

@@ -1,9 +1,10 @@
-"""``companion.sample``: one call from noise to data with any registered solver."""
+"""``companion.sample`` (noise to data) and ``companion.invert`` (data to noise) with any registered solver."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,10 +17,51 @@ from .noise import resolve as resolve_noise
 from .schedules import Schedule
 from .solvers.base import Evaluator
 
-__all__ = ["sample"]
+__all__ = ["sample", "invert"]
 
 #: Step counts below which ``lower_order_final`` lowers the last steps' orders, per compat mode.
 _LOF = {None: 15, "dpm-solver": 10, "diffusers": 15}
+
+Callback = Callable[[int, Tensor, Tensor, Tensor], "Tensor | None"]
+
+
+def _solver(solver: str | S.Solver, options: dict[str, Any]) -> S.Solver:
+    if isinstance(solver, S.Solver):
+        if options:
+            raise TypeError(
+                f"solver options {sorted(options)} go to companion.solvers.build when solver is a built "
+                f"solver ({solver!r})"
+            )
+        return solver
+    return S.build(solver, **options)
+
+
+def _check_common(x: Tensor, schedule: Schedule, compat: str | None, steps: int) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
+        raise TypeError("x_T must be a floating-point tensor of shape (B, ...)")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a companion.schedules.Schedule; got {type(schedule).__name__}")
+    if compat not in _LOF:
+        raise ValueError(f"compat must be one of {list(_LOF)}; got {compat!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int; got {steps!r}")
+    if x.dim() < 1:
+        raise TypeError("x must have a batch dimension")
+
+
+def _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho):
+    """(make_grid(n), steps, grid name or None): explicit ``timesteps`` ignore ``n``."""
+    if timesteps is not None:
+        ts = grids.check_timesteps(timesteps, schedule)
+        return (lambda n: ts), ts.shape[0] - 1, None
+    if grid not in grids.GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; available: {list(grids.GRIDS)}")
+
+    @functools.lru_cache(maxsize=4)
+    def make_grid(n: int) -> Tensor:
+        return grids.get_grid(grid, schedule, n, t_start, t_end, rho)
+
+    return make_grid, steps, grid
 
 
 def sample(
@@ -28,111 +70,124 @@ def sample(
     *,
     schedule: Schedule,
     prediction: str = "eps",
-    solver: str = "dpmsolver++",
-    order: int | None = None,
-    method: str = "multistep",
+    solver: str | S.Solver = "dpmsolver++",
     steps: int = 20,
     grid: str = "logsnr",
     t_start: float | Tensor | None = None,
     t_end: float | Tensor | None = None,
     timesteps: Tensor | None = None,
     rho: float = 7.0,
-    variant: str | None = None,
     lower_order_final: bool = True,
     denoise_to_zero: bool = False,
     compat: str | None = None,
     x0_fn: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
-    callback: Callable[[int, Tensor], None] | None = None,
     noise: NoiseSource | None = None,
-    **options,
+    callback: Callback | None = None,
+    **options: Any,
 ) -> Tensor:
     """Integrate from ``x_T`` at ``t_start`` down to ``t_end`` and return the sample.
 
-    ``order`` defaults to 2 where the solver has it (else its only order, 4 for PLMS).
-    ``model(x, t)`` returns a ``prediction`` (eps | x0 | v | score | velocity, or diffusers' names); ``t``
-    reaches it as a tensor of shape (B,). ``steps`` counts model evaluations for singlestep and adaptive
-    methods (as the official DPM-Solver) and steps for multistep ones. ``timesteps`` (1-D decreasing, or
-    (N + 1, B) for one grid per sample) replaces ``grid``/``steps``/``t_start``/``t_end``, which may also
-    be tensors of shape (B,).
+    ``solver`` is a registered name (``companion.solvers.available()``), whose options (``order``,
+    ``method``, ``variant``, ``eta``, ``corrector``, ...) go in ``options`` and are checked when the solver is
+    built, or a solver built with ``companion.solvers.build``. ``order`` defaults to 2 where the solver has
+    it. ``model(x, t)`` returns a ``prediction`` (eps | x0 | v | score | velocity, or diffusers' names);
+    ``t`` reaches it as a tensor of shape (B,). ``steps`` counts model evaluations for singlestep and
+    adaptive methods (as the official DPM-Solver) and steps for multistep ones. ``timesteps`` (1-D
+    decreasing, or (N + 1, B) for one grid per sample) replaces ``grid``/``steps``/``t_start``/``t_end``,
+    which may also be tensors of shape (B,).
 
     ``lower_order_final`` drops the last steps to orders ..., 2, 1 below 15 steps; ``compat`` picks a peer's
     final-step rules: ``"dpm-solver"`` (below 10 steps, the official code) or ``"diffusers"`` (below 15,
     and diffusers' per-scheduler rules). ``denoise_to_zero`` adds one evaluation that returns the data
     prediction at ``t_end`` (none when sigma(t_end) = 0). ``x0_fn`` corrects every data prediction
-    (e.g. dynamic thresholding).
-    Solver options (``eta``, ``corrector``, ``atol``, ...) go in ``options``; see ``solvers.available()``.
-    Stochastic solvers draw their normals from ``noise`` (a :mod:`companion.noise` source: per-sample
-    seeds, a Brownian path, injected noise) or else from ``generator`` (not batch-invariant).
+    (e.g. dynamic thresholding). Stochastic solvers draw their normals from ``noise`` (a
+    :mod:`companion.noise` source: per-sample seeds, a Brownian path, injected noise) or else from
+    ``generator`` (not batch-invariant).
+
+    ``callback(i, t, x, denoised)`` runs after step i with the state ``x`` at time ``t`` (float64, shape
+    () or (B,)) and the latest data prediction ``denoised``; if it returns a tensor (same shape, dtype and
+    device as ``x``), that tensor replaces the state: inpainting, restoration constraints and latent edits
+    are written this way. Multistep solvers keep their history of model outputs across a replacement.
     """
-    if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.dim() < 1:
-        raise TypeError("x_T must be a floating-point tensor of shape (B, ...)")
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a companion.schedules.Schedule; got {type(schedule).__name__}")
     prediction = P.canonical(prediction)
-    entry = S.get(solver)
-    order = entry.default_order if order is None else order
-    if not isinstance(order, int) or isinstance(order, bool) or order not in entry.orders:
-        raise ValueError(f"order must be one of {list(entry.orders)} for solver {solver!r}; got {order!r}")
-    if method not in entry.methods:
-        raise ValueError(f"method must be one of {list(entry.methods)} for solver {solver!r}; got {method!r}")
-    if variant not in entry.variants:
-        raise ValueError(
-            f"variant must be one of {list(entry.variants)} for solver {solver!r}; got {variant!r}"
-        )
-    unknown = set(options) - set(entry.options)
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {sorted(unknown)} for solver {solver!r}; allowed: {list(entry.options)}"
-        )
-    if compat not in _LOF:
-        raise ValueError(f"compat must be one of {list(_LOF)}; got {compat!r}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int; got {steps!r}")
+    built = _solver(solver, options)
+    _check_common(x_T, schedule, compat, steps)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable(i, t, x, denoised) or None; got {type(callback).__name__}")
+    make_grid, steps, grid_name = _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho)
+    x = _run(built, model, x_T, schedule, prediction, steps, make_grid, grid_name,
+             _LOF[compat] if lower_order_final else 0, compat, x0_fn, generator, noise, callback)
+    t_last = make_grid(steps)[-1]
+    if denoise_to_zero and bool((schedule.sigma(t_last) > 0).all()):  # at sigma = 0, x is already clean
+        ev = Evaluator(model, schedule, prediction, "x0", x, x0_fn)
+        x = ev(x, ev.plan(t_last[None], x)[0])
+    return x
 
-    if timesteps is not None:
-        ts = grids.check_timesteps(timesteps, schedule)
-        steps = ts.shape[0] - 1
 
-        def make_grid(n: int) -> Tensor:
-            return ts
-
-        grid_name = None
-    else:
-        if grid not in grids.GRIDS:
-            raise ValueError(f"unknown grid {grid!r}; available: {list(grids.GRIDS)}")
-
-        @functools.lru_cache(maxsize=4)
-        def make_grid(n: int) -> Tensor:
-            return grids.get_grid(grid, schedule, n, t_start, t_end, rho)
-
-        grid_name = grid
+def _run(built, model, x, schedule, prediction, steps, make_grid, grid_name, lof, compat, x0_fn, generator,
+         noise, callback) -> Tensor:
     # Validates t_start / t_end before any model call; the grid most solvers use, so it is built once.
     first = make_grid(steps)
-    per_sample = first.dim() == 2
-    if per_sample and first.shape[1] != x_T.shape[0]:
-        raise ValueError(f"per-sample times must have B = {x_T.shape[0]} columns; got {first.shape[1]}")
-    if method == "singlestep_fixed" and steps < order:
-        raise ValueError(f"steps must be >= order ({order}) for method 'singlestep_fixed'; got steps={steps}")
-
+    if first.dim() == 2 and first.shape[1] != x.shape[0]:
+        raise ValueError(f"per-sample times must have B = {x.shape[0]} columns; got {first.shape[1]}")
+    method = getattr(built, "method", "multistep")
+    if method == "singlestep_fixed" and steps < built.order:
+        raise ValueError(
+            f"steps must be >= order ({built.order}) for method 'singlestep_fixed'; got steps={steps}"
+        )
+    if not built.stochastic and (noise is not None):
+        raise ValueError(f"noise= is for stochastic solvers; {built!r} draws no noise")
     prob = S.Problem(
         model=model,
         schedule=schedule,
         prediction=prediction,
-        x=x_T,
+        x=x,
         steps=steps,
         grid=make_grid,
         grid_name=grid_name,
-        lower_order_final=_LOF[compat] if lower_order_final else 0,
+        lower_order_final=lof,
         compat=compat,
         x0_fn=x0_fn,
         generator=generator,
         callback=callback,
         noise=resolve_noise(noise, generator),
     )
-    x = entry.build(order=order, method=method, variant=variant, **options)(prob)
-    t_last = make_grid(steps)[-1]
-    if denoise_to_zero and bool((schedule.sigma(t_last) > 0).all()):  # at sigma = 0, x is already clean
-        ev = Evaluator(model, schedule, prediction, "x0", x, x0_fn)
-        x = ev(x, ev.plan(t_last[None], x)[0])
-    return x
+    return built(prob)
+
+
+def invert(
+    model: Callable[[Tensor, Tensor], Tensor],
+    x_0: Tensor,
+    *,
+    schedule: Schedule,
+    prediction: str = "eps",
+    solver: str | S.Solver = "ddim",
+    steps: int = 20,
+    grid: str = "logsnr",
+    t_start: float | Tensor | None = None,
+    t_end: float | Tensor | None = None,
+    timesteps: Tensor | None = None,
+    rho: float = 7.0,
+    x0_fn: Callable[[Tensor], Tensor] | None = None,
+    callback: Callback | None = None,
+    **options: Any,
+) -> Tensor:
+    """ODE encoding: the ``x_T`` at ``t_start`` that ``sample`` with the same arguments maps to ``x_0`` at
+    ``t_end``, found by running the solver *up* the noise levels on the reversed grid (DDIM inversion for
+    ``solver="ddim"``). The exponential integrators' coefficients hold for steps with h < 0, so any
+    deterministic fixed-grid solver inverts (``solver.invertible``); the final orders are not lowered.
+    The round trip ``sample(invert(x))`` returns ``x`` up to the solver's error in both directions.
+    """
+    prediction = P.canonical(prediction)
+    built = _solver(solver, options)
+    if not built.invertible:
+        raise ValueError(
+            f"solver {built.name!r} with these options cannot invert (stochastic, or adaptive step sizes); "
+            "use a deterministic fixed-grid solver such as 'ddim', 'dpmsolver++' or 'unipc'"
+        )
+    _check_common(x_0, schedule, None, steps)
+    make_grid, steps, _ = _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho)
+    up = make_grid(steps).flip(0)
+    return _run(built, model, x_0, schedule, prediction, steps, lambda n: up, None, 0, None, x0_fn, None, None,
+                callback)

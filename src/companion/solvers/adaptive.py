@@ -77,7 +77,7 @@ def run_adaptive(
         if err <= 1.0:
             x, x_prev, s = xh, xl, t
             if prob.callback is not None:
-                prob.callback(it, x)
+                x = prob.after_step(it, t.t, x, ev)
             it += 1
         h = min(theta * h * max(err, 1e-12) ** (-1.0 / order), lam_end - float(s.lam))
     return x

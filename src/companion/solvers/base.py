@@ -148,6 +148,8 @@ class Evaluator:
 
     Times reach the model as a tensor of shape (B,). The output shape is checked once, on the first call.
     ``x0_fn`` (e.g. dynamic thresholding) is applied to the data prediction before any conversion.
+    With ``keep_denoised`` the data prediction of the latest call is kept in :attr:`denoised` (for the
+    sampling callback; one extra linear combination per call).
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class Evaluator:
         target: str,
         x: Tensor,
         x0_fn: Callable[[Tensor], Tensor] | None = None,
+        keep_denoised: bool = False,
     ):
         self.model, self.schedule = model, schedule
         self.prediction, self.target = P.canonical(prediction), target
@@ -166,6 +169,8 @@ class Evaluator:
         self.t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.calls = 0
         self._checked = False
+        self.keep_denoised = keep_denoised
+        self.denoised: Tensor | None = None
 
     def plan(self, t: Tensor, x: Tensor) -> list:
         """Everything the loop needs at times ``t`` (shape (M,) or (M, B)), computed once before it."""
@@ -180,12 +185,16 @@ class Evaluator:
         else:
             bx, bo = torch.zeros_like(cx), torch.ones_like(cx)
         tm = host_to(t if t.dim() == 2 else t[:, None].expand(-1, self.batch), self.device, self.t_dtype)
-        return list(zip(tm.unbind(0), rows(cx, x), rows(co, x), rows(bx, x), rows(bo, x), strict=True))
+        cols = [tm.unbind(0), rows(cx, x), rows(co, x), rows(bx, x), rows(bo, x)]
+        if self.keep_denoised:
+            dx, do = P.coefficients(self.prediction, "x0", alpha, sigma, d_alpha, d_sigma)
+            cols += [rows(dx, x), rows(do, x)]
+        return list(zip(*cols, strict=True))
 
     def linear(self, x: Tensor, point) -> tuple[Tensor, Coef, Coef]:
         """Call the model and return (out, cx, co) with the prediction m = cx x + co out (float64 rows as
         Python floats, or per-sample tensors); with ``x0_fn`` the corrected m itself, as (m, 0, 1)."""
-        t, cx, co, bx, bo = point
+        t, cx, co, bx, bo = point[:5]
         out = self.model(x, t)
         self.calls += 1
         if not self._checked:
@@ -194,9 +203,13 @@ class Evaluator:
                 raise ValueError(f"model output must have the shape of x {tuple(x.shape)}; got {got}")
             self._checked = True
         if self.x0_fn is None:
+            if self.keep_denoised:
+                self.denoised = out.to(x.dtype) if self.prediction == "x0" else lincomb([(point[6], out), (point[5], x)])
             return out, cx, co
         m = out if self.prediction == "x0" else lincomb([(co, out.to(x.dtype)), (cx, x)])
         m = self.x0_fn(m)
+        if self.keep_denoised:
+            self.denoised = m
         if self.target != "x0":
             m = lincomb([(bo, m), (bx, x)])
         return m, 0.0, 1.0

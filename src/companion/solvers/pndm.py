@@ -12,22 +12,27 @@ The transfer from s to t is the DDIM map with a combined noise prediction e' (PN
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor
 
 from .base import first_order, lincomb, rows
 from .problem import Problem
+from .registry import OrderCheck, Solver, choice, register
 
 __all__ = ["PNDM"]
 
 _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-@dataclass(frozen=True)
-class PNDM:
-    order: int = 4
-    variant: str = "plms"
+@register("pndm", "PNDM: PLMS (NFE = steps + 1) or, variant 'pndm', pseudo-RK start then PLMS (NFE = steps + 9)")
+class PNDM(Solver):
+    """PNDM / PLMS (Liu et al. 2022) as diffusers runs them; ``order`` is the Adams-Bashforth order of the
+    combined noise prediction (4 in the paper)."""
+
+    order: int = choice(4, (1, 2, 3, 4), "the Adams-Bashforth order of the combined noise prediction")
+    variant: str = choice("plms", ("plms", "pndm"), "plms (Heun start) or pndm (three pseudo-RK steps first)")
+
+    def order_check(self) -> OrderCheck:
+        return OrderCheck(float(self.order))
 
     def __call__(self, prob: Problem) -> Tensor:
         x = prob.x
@@ -45,6 +50,7 @@ class PNDM:
             mid = prob.points((grid[:n_prk] + grid[1 : n_prk + 1]) / 2)
             am, bm = first_order("eps", pts[:n_prk], mid)
             am_, bm_, at_mid = rows(am, x), rows(bm, x), ev.plan(mid.t, x)
+        hook = prob.step_hook(ev, grid)
         hist: list[Tensor] = []
         for i in range(n):
             e = ev(x, at[i])
@@ -63,6 +69,6 @@ class PNDM:
                 hist = [e] + hist[:3]
                 ab = _AB[min(len(hist), self.order)]
                 x = lincomb([(a_[i], x)] + [(b_[i] * c, m) for c, m in zip(ab, hist, strict=False)])
-            if prob.callback is not None:
-                prob.callback(i, x)
+            if hook is not None:
+                x = hook(i, x)
         return x

@@ -20,9 +20,10 @@ from torch import Tensor
 from .base import E, Points, base_coefs, first_order, kernel, lagrange_weights, lincomb, rows
 from .problem import Problem
 
-__all__ = ["singlestep_orders", "diffusers_orders", "run_singlestep"]
+__all__ = ["INNER_POINTS", "singlestep_orders", "diffusers_orders", "run_singlestep"]
 
-_R = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}  # inner points as fractions of h (official defaults)
+#: inner points of a singlestep step of order 2 and 3, as fractions of h (the official defaults)
+INNER_POINTS = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
 
 
 def singlestep_orders(steps: int, order: int, method: str) -> list[int]:
@@ -111,7 +112,7 @@ def run_singlestep(prob: Problem, pred: str, order: int, method: str, variant: s
         if fine is not None and diffusers:
             r = tuple((prob.schedule.lambda_(fine[idx[i] + j]) - s.lam) / h for j in range(1, p))
         else:
-            r = tuple(torch.full_like(h, v) for v in _R.get(p, ()))
+            r = tuple(torch.full_like(h, v) for v in INNER_POINTS.get(p, ()))
         inner = [Points.of(prob.schedule, prob.schedule.t_of_lambda(s.lam + rj * h)) for rj in r]
         if fine is not None and diffusers:
             inner = [Points.of(prob.schedule, fine[idx[i] + j]) for j in range(1, p)]
@@ -135,12 +136,13 @@ def run_singlestep(prob: Problem, pred: str, order: int, method: str, variant: s
 
     ev = prob.evaluator(pred)
     plan = iter(ev.plan(torch.stack(times), x))
+    hook = prob.step_hook(ev, outer)
     coef = [[(rows(a[None], x)[0], [rows(b[None], x)[0] for b in bs]) for a, bs in st] for st in stages]
     for i, st in enumerate(coef):
         xs, ms = x, []
         for a, bs in st:
             ms.append(ev(x, next(plan)))
             x = lincomb([(a, xs)] + list(zip(bs, ms, strict=True)))
-        if prob.callback is not None:
-            prob.callback(i, x)
+        if hook is not None:
+            x = hook(i, x)
     return x

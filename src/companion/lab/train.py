@@ -1,6 +1,6 @@
-"""Train the project's small models: ``python -m companion.train <recipe> [--out models/]``.
+"""Train the project's small models: ``python -m companion.lab.train <recipe> [--out models/]``.
 
-Recipes (``python -m companion.train --list``): MLP eps-models for 2-D toy sets, a class-conditional
+Recipes (``python -m companion.lab.train --list``): MLP eps-models for 2-D toy sets, a class-conditional
 UNet for sklearn's 8x8 digits in eps and v prediction (label dropout for classifier-free guidance),
 and the digits classifier behind the quality metric (train it first: the UNet cards use it).
 
@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from . import data
 from .models import io, nets
-from .sampling import sample as cp_sample
-from .schedules import VPLinear
+from ..sampling import sample as cp_sample
+from ..schedules import VPLinear
 
 __all__ = ["Recipe", "RECIPES", "train", "eval_sample", "main"]
 
@@ -179,7 +179,7 @@ def _train(name: str, recipe: Recipe, out: str | Path | None, evaluate: bool) ->
         "train_cpu_seconds": round(cpu_seconds, 1),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "command": f"python -m companion.train {name}",
+        "command": f"python -m companion.lab.train {name}",
     }
     if evaluate:
         card["quality"] = _quality(name, ema, recipe, out)
@@ -255,7 +255,7 @@ def _quality(name: str, net: nn.Module, recipe: Recipe, out: str | Path | None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m companion.train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m companion.lab.train", description=__doc__.splitlines()[0])
     p.add_argument("recipe", nargs="*", help=f"recipe names or 'all' (in order: {', '.join(RECIPES)})")
     p.add_argument("--out", default=None, help="output directory (default: the repository's models/)")
     p.add_argument(

@@ -1,5 +1,5 @@
 """Small experiment helpers the chapters share: error against NFE, fitted orders, NFE to a matched error,
-inversion round trips and divergence counts.
+and divergence counts (ODE inversion is ``companion.invert``).
 
 The error of a run is  RMS_i ||x_i - x_i^ref||  over the samples (each sample flattened), with x^ref a
 float64 reference solution of the same ODE from the same x_T (:func:`companion.reference.solve_pf_ode`).
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import grids
-from . import parameterization as P
-from . import solvers as S
-from .sampling import sample
-from .schedules import Schedule
+from .. import grids
+from .. import parameterization as P
+from .. import solvers as S
+from ..sampling import sample
+from ..schedules import Schedule
 
 __all__ = [
     "Counter",
@@ -33,7 +33,6 @@ __all__ = [
     "nfe_to_reach",
     "speedup",
     "error_at",
-    "invert",
     "divergence_fraction",
 ]
 
@@ -143,40 +142,6 @@ def speedup(baseline: Curve, curve: Curve, at_nfe: float) -> float:
     """NFE ratio at matched error: the baseline's NFE ``at_nfe`` over the NFE ``curve`` needs to reach
     the baseline's error there (nan if it never does)."""
     return at_nfe / nfe_to_reach(curve, error_at(baseline, at_nfe))
-
-
-def invert(
-    model: Model,
-    x: Tensor,
-    schedule: Schedule,
-    *,
-    t_from: float,
-    t_to: float,
-    steps: int,
-    solver: str = "ddim",
-    order: int = 1,
-    prediction: str = "eps",
-) -> Tensor:
-    """Run a registered ODE solver *up* the noise levels, from ``t_from`` to ``t_to`` > ``t_from``, on the
-    grid uniform in log-SNR (DDIM inversion when ``solver="ddim"``). ``companion.sample`` only integrates
-    downwards; the solvers' coefficients hold for h < 0, so the same registered solver is run on the
-    reversed grid (multistep methods only), without lowering the final orders."""
-    if not t_to > t_from:
-        raise ValueError(f"t_to must exceed t_from for an inversion; got t_from={t_from}, t_to={t_to}")
-    ts = grids.logsnr(schedule, t_to, t_from, steps).flip(0)
-    entry = S.get(solver)
-    prob = S.Problem(
-        model=model,
-        schedule=schedule,
-        prediction=P.canonical(prediction),
-        x=x,
-        steps=steps,
-        grid=lambda n: ts,
-        grid_name=None,
-        lower_order_final=0,
-        compat=None,
-    )
-    return entry.build(order=order, method="multistep", variant=None)(prob)
 
 
 def divergence_fraction(x: Tensor, radius: float) -> float:

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._device import host_to
-from ..parameterization import classifier_free_guidance
-from ..schedules import Schedule, get_schedule
+from ..._device import host_to
+from ...parameterization import classifier_free_guidance
+from ...schedules import Schedule, get_schedule
 from .nets import ARCHITECTURES
 
 __all__ = ["WeightsError", "models_dir", "sha256", "save", "load", "load_card", "Model", "available"]
@@ -33,7 +33,7 @@ class WeightsError(RuntimeError):
 def models_dir() -> Path:
     """``$COMPANION_MODELS`` if set, else the repository's ``models/`` next to ``src/``."""
     env = os.environ.get("COMPANION_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "models"
+    return Path(env) if env else Path(__file__).resolve().parents[4] / "models"
 
 
 def sha256(path: str | Path) -> str:
@@ -54,7 +54,7 @@ def _paths(name: str, root: str | Path | None) -> tuple[Path, Path]:
 def save(net: nn.Module, name: str, card: dict[str, Any], root: str | Path | None = None) -> Path:
     """Write ``name.safetensors`` (contiguous float32 tensors in sorted-key order) and ``name.json``.
 
-    The card must name ``arch`` (a key of :data:`~companion.models.nets.ARCHITECTURES`) and ``config``
+    The card must name ``arch`` (a key of :data:`~companion.lab.models.nets.ARCHITECTURES`) and ``config``
     (its constructor arguments); ``file``, ``sha256`` and ``bytes`` are filled in here.
     """
     from safetensors.torch import save_file
@@ -75,7 +75,7 @@ def load_card(name: str, root: str | Path | None = None) -> dict[str, Any]:
     """The JSON card of model ``name``; :class:`WeightsError` naming the file if missing or unreadable."""
     _, c_path = _paths(name, root)
     if not c_path.is_file():
-        raise WeightsError(f"model card {c_path} not found; retrain with `python -m companion.train {name}`")
+        raise WeightsError(f"model card {c_path} not found; retrain with `python -m companion.lab.train {name}`")
     try:
         card = json.loads(c_path.read_text())
     except (OSError, ValueError) as e:
@@ -91,7 +91,7 @@ def _read_weights(w_path: Path, card: dict[str, Any], name: str) -> dict[str, Te
 
     if not w_path.is_file():
         raise WeightsError(
-            f"weights file {w_path} not found; retrain with `python -m companion.train {name}`"
+            f"weights file {w_path} not found; retrain with `python -m companion.lab.train {name}`"
         )
     digest = sha256(w_path)
     if digest != card["sha256"]:

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from . import repro
+from . import claims
 
 __all__ = ["setup", "pick_device"]
 
@@ -34,13 +34,13 @@ def setup(chapter: str, device: str | torch.device | None = "", seed: int = 0) -
     """Start a chapter: open its claims ledger, seed every generator, pick and record the device."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int; got {type(seed).__name__}")
-    repro.chapter(chapter)
+    claims.chapter(chapter)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     dev = pick_device(device)
     # The run-times page reads the device each chapter ran on from here.
-    d = repro.claims_dir().parent / "devices"
+    d = claims.claims_dir().parent / "devices"
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{chapter}.json").write_text(json.dumps({"chapter": chapter, "device": _device_name(dev)}) + "\n")
     return dev

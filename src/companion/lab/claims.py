@@ -2,9 +2,9 @@
 
 A chapter calls :func:`chapter` once, then :func:`record` for each claim::
 
-    from companion import repro
-    repro.chapter("01_sde")
-    repro.record("sde.hutchinson", paper="Song et al. 2021", measured={"z": 1.3}, holds=True,
+    from companion.lab import claims
+    claims.chapter("01_sde")
+    claims.record("sde.hutchinson", paper="Song et al. 2021", measured={"z": 1.3}, holds=True,
                  note="Hutchinson estimate within 4 standard errors of the exact divergence")
 
 Claims land in ``build/claims/<chapter>.json`` (relative to the repository root, or to
@@ -133,7 +133,7 @@ def record(
     Raises ``ClaimFailed`` when ``holds`` is False and the id is not an expected non-reproduction.
     """
     if _current is None:
-        raise RuntimeError("call companion.repro.chapter(<name>) before record()")
+        raise RuntimeError("call companion.lab.claims.chapter(<name>) before record()")
     if not isinstance(id, str) or not id:
         raise ValueError(f"id must be a non-empty string; got {id!r}")
     if not isinstance(paper, str) or not paper:
