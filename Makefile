@@ -23,7 +23,7 @@ setup: $(STAMP)
 book: $(STAMP)
 	$(PY) scripts/build_book.py
 
-# Package tests, the browser tests (tests/test_browser.py: every page of the book, built here in quick
+# Package tests, the browser tests (tests/book/test_browser.py: every page of the book, built here in quick
 # mode, in headless Chromium with no network), and every chapter in quick mode under nbval (lax: the
 # checks are asserts). Without Chromium the browser tests are skipped and the summary says why.
 test: $(STAMP)

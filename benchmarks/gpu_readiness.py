@@ -47,7 +47,7 @@ CONFIGS = [
     ("pndm", dict(solver="pndm")),
     ("euler-maruyama", dict(solver="euler-maruyama", per_sample=True)),
     ("ancestral", dict(solver="ancestral", per_sample=True)),
-    ("ancestral sigma^2=beta", dict(solver="ancestral", variant="large", per_sample=True)),
+    ("ancestral sigma^2=beta", dict(solver="ancestral", variance="large", per_sample=True)),
     ("ddim eta=1", dict(solver="ddim", eta=1.0, per_sample=True)),
     ("sde-dpmsolver++ 2M", dict(solver="sde-dpmsolver++", order=2, per_sample=True)),
     ("pc", dict(solver="pc", per_sample=True)),
@@ -195,7 +195,7 @@ def main() -> None:
 
     # A trained network through classifier-free guidance (labels moved to the device once, not per step),
     # with and without dynamic thresholding.
-    net = cp.models.load("digits-unet-eps", device=dev).to(torch.float32)
+    net = cp.lab.models.load("digits-unet-eps", device=dev).to(torch.float32)
     y = torch.arange(64, device=dev) % 10
     x_d = torch.randn(64, 1, 8, 8, generator=g, device=dev)
     for label, x0_fn in (

@@ -5,17 +5,18 @@
 2. fitted global orders (float64, logSNR grid, VP linear, t = 1 -> 1e-3, 20..640 steps) on a 2-D and a
    16-D Gaussian mixture with exact eps, against a DOP853 reference at rtol 1e-12.
 
-    PYTHONPATH=src:tests python benchmarks/order_3m.py
+    PYTHONPATH=src python benchmarks/order_3m.py
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from _exact import fitted_order, mixture, reference
 from scipy.integrate import quad
 
 import companion as cp
+from companion.lab.experiments import fit_order as fitted_order
+from companion.solvers import dpm_solver
 from companion.solvers import multistep as ms
 from companion.solvers.base import Points
 
@@ -26,7 +27,7 @@ def one_step_quadratic(variant: str, pred: str) -> float:
     lam = torch.tensor([-4.0, -3.1, -2.5, -1.4, -0.9, 0.3, 0.8, 2.0], dtype=torch.float64)
     pts = Points.of(SCHED, SCHED.t_of_lambda(lam))
     orders = ms.step_orders(len(lam) - 1, 3, pts.lam)
-    A, B = ms.dpm_coefs(pred, pts, orders, variant)
+    A, B = dpm_solver.dpm_coefs(pred, pts, orders, variant)
     k = -1 if pred == "x0" else 1
 
     def f(v):
@@ -55,10 +56,10 @@ def main() -> None:
     steps = (20, 40, 80, 160, 320, 640)
     print("global error (RMS) and fitted order over 20-320 steps; last column: local slope 320 -> 640")
     for key, spec in {"2-D": (2, 1.0, 0.2, 0.5), "16-D": (16, 0.5, 0.2, 0.6)}.items():
-        gm = mixture(*spec)
+        gm = cp.targets.random_mixture(*spec)
         x = torch.randn(16, spec[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         model = gm.model(SCHED, "eps")
-        ref = reference(model, SCHED, x, 1.0, 1e-3)
+        ref = cp.reference.solve_pf_ode(model, x, SCHED, 1.0, 1e-3, rtol=1e-12, atol=1e-14)
         for solver, variant in (
             ("dpmsolver++", None),
             ("dpmsolver++", "legacy"),

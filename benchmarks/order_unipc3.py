@@ -1,5 +1,5 @@
 """Where does UniPC-3 (UniP-3 + UniC-3, nominal order 4) reach its order? Float64, logSNR grid, VP linear,
-t = 1 -> 1e-3, exact eps of the 2-D and 16-D test mixtures (tests/test_solvers_orders.py), DOP853 reference
+t = 1 -> 1e-3, exact eps of the 2-D and 16-D test mixtures (tests/solvers/test_orders.py), DOP853 reference
 at rtol 1e-12. Prints
 
 1. the RMS error at 20..640 steps and the local slopes between neighbours;
@@ -12,16 +12,16 @@ at rtol 1e-12. Prints
    DPM-Solver(3M) and DPM-Solver++(3M): how far a fit over this window strays from the nominal order on
    mixtures of the same kind.
 
-    PYTHONPATH=src:tests python benchmarks/order_unipc3.py
+    PYTHONPATH=src python benchmarks/order_unipc3.py
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from _exact import fitted_order, mixture, reference
 
 import companion as cp
+from companion.lab.experiments import fit_order as fitted_order
 
 SCHED = cp.schedules.VPLinear()
 MIXTURES = {"2d": (2, 1.0, 0.2, 0.5), "16d": (16, 0.5, 0.2, 0.6)}
@@ -31,10 +31,10 @@ WINDOW = (20, 40, 80, 160, 320)
 
 def setup(name: str, seed: int = 0):
     d = MIXTURES[name][0]
-    gm = mixture(*MIXTURES[name], seed=seed)
+    gm = cp.targets.random_mixture(*MIXTURES[name], seed=seed)
     x = torch.randn(16, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1 + seed))
     model = gm.model(SCHED, "eps")
-    return model, x, reference(model, SCHED, x, 1.0, 1e-3)
+    return model, x, cp.reference.solve_pf_ode(model, x, SCHED, 1.0, 1e-3, rtol=1e-12, atol=1e-14)
 
 
 def grid(n: int, split: str | None) -> torch.Tensor:

@@ -14,14 +14,14 @@ import argparse
 import torch
 
 import companion as cp
-from companion import metrics
+from companion.lab import metrics
 from companion.noise import PerSampleNoise
 from companion.targets import GaussianMixture
 
 SOLVERS = [  # (label, solver, options, NFE per step)
     ("Euler-Maruyama", "euler-maruyama", {}, 1),
     ("ancestral (DDPM, sigma^2 = beta-tilde)", "ancestral", {}, 1),
-    ("ancestral (DDPM, sigma^2 = beta)", "ancestral", {"variant": "large"}, 1),
+    ("ancestral (DDPM, sigma^2 = beta)", "ancestral", {"variance": "large"}, 1),
     ("DDIM eta=0.5", "ddim", {"order": 1, "eta": 0.5}, 1),
     ("SDE-DPM-Solver++(1)", "sde-dpmsolver++", {"order": 1}, 1),
     ("SDE-DPM-Solver++(2M)", "sde-dpmsolver++", {"order": 2}, 1),

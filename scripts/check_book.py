@@ -7,7 +7,7 @@ renders offline. Per page: no console or script errors, no failed or 4xx/5xx sam
 left in the text, every internal link and #anchor resolves, and the Colab button (on executed-notebook
 pages) points at that page's own notebook. The search page must find a known word.
 
-The same functions are used by tests/test_browser.py (on the real book and on deliberately broken
+The same functions are used by tests/book/test_browser.py (on the real book and on deliberately broken
 copies) and by scripts/post_build.py (screenshots).
 
     python scripts/check_book.py [_build/html]    # prints one line per page; exit 1 on any problem

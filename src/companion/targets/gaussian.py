@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..schedules import Schedule
 
-__all__ = ["GaussianMixture", "Gaussian", "ClassConditionalMixture", "PREDICTIONS"]
+__all__ = ["GaussianMixture", "Gaussian", "ClassConditionalMixture", "PREDICTIONS", "random_mixture"]
 
 #: What :meth:`GaussianMixture.model` can predict.
 PREDICTIONS = ("eps", "x0", "score")
@@ -397,6 +397,23 @@ class GaussianMixture:
         z = xf - a_s.to(dt) * mu
         z = z * ratio if U is None else (z @ U) * ratio @ U.T
         return (a_t.to(dt) * mu + z).reshape(x.shape)
+
+
+def random_mixture(
+    d: int, spread: float, var_lo: float, var_hi: float, seed: int = 0, weights=(0.5, 0.3, 0.2)
+) -> GaussianMixture:
+    """A float64 mixture of ``len(weights)`` diagonal Gaussians in ``d`` dimensions, drawn from ``seed``: means
+    N(0, spread^2 I), variances uniform in [var_lo, var_hi]. The test and benchmark suites fit convergence
+    orders on these (a smooth, curved PF-ODE with exact eps)."""
+    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+        raise ValueError(f"d must be a positive int; got {d!r}")
+    if not 0 < var_lo <= var_hi:
+        raise ValueError(f"need 0 < var_lo <= var_hi; got var_lo={var_lo!r}, var_hi={var_hi!r}")
+    g = torch.Generator().manual_seed(seed)
+    k = len(weights)
+    mu = torch.randn(k, d, generator=g, dtype=torch.float64) * spread
+    var = var_lo + (var_hi - var_lo) * torch.rand(k, d, generator=g, dtype=torch.float64)
+    return GaussianMixture(mu, var, torch.tensor(weights, dtype=torch.float64))
 
 
 def Gaussian(mean, cov, *, allow_singular: bool = False) -> GaussianMixture:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import companion as cp
-from companion import experiments as ex
+from companion.lab import experiments as ex
 from companion.targets import Gaussian
 
 SCHED = cp.schedules.VPLinear(beta_min=0.1, beta_max=20.0)

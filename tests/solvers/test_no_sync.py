@@ -77,7 +77,7 @@ CONFIGS = [
     dict(solver="pndm"),
     dict(solver="euler-maruyama", noise=_noise),
     dict(solver="ancestral", noise=_noise),
-    dict(solver="ancestral", variant="large", noise=_noise),
+    dict(solver="ancestral", variance="large", noise=_noise),
     dict(solver="ddim", eta=1.0, noise=_noise),
     dict(solver="sde-dpmsolver++", order=2, noise=_noise),
     dict(solver="sde-dpmsolver++", order=3, noise=_noise),
@@ -111,7 +111,7 @@ def test_sampling_loop_makes_no_host_sync(kw):
 
 def test_guided_trained_network_makes_no_host_sync():
     """Classifier-free guidance on a shipped UNet with labels given on the host: copied once, not per step."""
-    net = cp.models.load("digits-unet-eps", device=META).to(torch.float32)
+    net = cp.lab.models.load("digits-unet-eps", device=META).to(torch.float32)
     x = torch.empty(4, 1, 8, 8, device=META)
 
     def run(n):

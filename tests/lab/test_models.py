@@ -21,7 +21,7 @@ import shutil
 import pytest
 import torch
 
-from companion import data, digits_metrics, models
+from companion.lab import data, digits_metrics, models
 from companion.lab.train import eval_sample
 
 SHIPPED = [

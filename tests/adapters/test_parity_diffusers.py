@@ -190,7 +190,7 @@ def test_euler_heun(n, karras, heun):
         t_of_sigma(sched, sig),
         solver="heun" if heun else "euler",
         order=2 if heun else 1,
-        variant="rho",
+        variable="rho",
     )
     name = f"{'HeunDiscrete' if heun else 'EulerDiscrete'}{'(karras)' if karras else ''}"
     record(name, (got - ref).abs().max().item())

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from _exact import fitted_order, mixture, reference
+from helpers import fitted_order, reference
 
 import companion as cp
 
@@ -23,7 +23,7 @@ MIXTURES = {"2d": (2, 1.0, 0.2, 0.5), "16d": (16, 0.5, 0.2, 0.6)}
 
 @pytest.fixture(scope="module", params=list(MIXTURES))
 def problem(request):
-    gm = mixture(*MIXTURES[request.param])
+    gm = cp.targets.random_mixture(*MIXTURES[request.param])
     d = MIXTURES[request.param][0]
     x = torch.randn(16, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     model = gm.model(SCHED, "eps")

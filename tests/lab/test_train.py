@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from companion import models, train
+from companion.lab import models, train
 
 TINY_MLP = train.Recipe(
     "toy",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from _exact import fitted_order, mixture, reference
+from helpers import fitted_order, reference
 
 import companion as cp
 
@@ -17,7 +17,7 @@ def test_registry_entries_declare_orders():
 
 
 def test_ddim_eta_zero_is_dpmsolverpp1_and_eta_uses_the_generator():
-    gm = mixture(3, 1.0, 0.2, 0.5)
+    gm = cp.targets.random_mixture(3, 1.0, 0.2, 0.5)
     model = gm.model(SCHED, "eps")
     x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     kw = dict(schedule=SCHED, steps=10, t_end=1e-3)
@@ -57,7 +57,7 @@ def test_ddim_eta_one_converges_in_distribution():
 
 
 def test_unic_after_dpmsolverpp_raises_its_order():
-    gm = mixture(2, 1.0, 0.2, 0.5)
+    gm = cp.targets.random_mixture(2, 1.0, 0.2, 0.5)
     model = gm.model(SCHED, "eps")
     x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ref = reference(model, SCHED, x, 1.0, 1e-3)
@@ -84,16 +84,16 @@ def test_unic_after_dpmsolverpp_raises_its_order():
 
 
 def test_rho_variable_euler_is_ddim():
-    model = mixture(2, 1.0, 0.2, 0.5).model(SCHED, "eps")
+    model = cp.targets.random_mixture(2, 1.0, 0.2, 0.5).model(SCHED, "eps")
     x = torch.randn(4, 2, dtype=torch.float64)
     kw = dict(schedule=SCHED, steps=7, t_end=1e-3, grid="karras")
-    a = cp.sample(model, x, solver="euler", order=1, variant="rho", **kw)
+    a = cp.sample(model, x, solver="euler", order=1, variable="rho", **kw)
     b = cp.sample(model, x, solver="ddim", order=1, **kw)
     assert (a - b).abs().max().item() <= 1e-12
 
 
 def test_guided_model_runs_through_sample():
-    gm = mixture(2, 1.0, 0.2, 0.5)
+    gm = cp.targets.random_mixture(2, 1.0, 0.2, 0.5)
     base = gm.model(SCHED, "eps")
 
     def model(x, t, c):

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 import companion as cp
-from companion import metrics
+from companion.lab import metrics
 from companion.noise import BrownianPath, InjectedNoise, PerSampleNoise
 from companion.targets import Gaussian, GaussianMixture
 
@@ -67,8 +67,8 @@ WEAK = [
     pytest.param(16, "ancestral", {}, "logsnr", marks=_xfail(_ANCESTRAL_BIAS)),
     pytest.param(16, "sde-dpmsolver++", {"order": 2}, "logsnr", marks=_xfail(_MMD_16D)),
     (16, "pc", {}, "logsnr"),
-    (2, "ancestral", {"variant": "large"}, "logsnr"),
-    pytest.param(16, "ancestral", {"variant": "large"}, "logsnr", marks=_xfail(_MMD_16D)),
+    (2, "ancestral", {"variance": "large"}, "logsnr"),
+    pytest.param(16, "ancestral", {"variance": "large"}, "logsnr", marks=_xfail(_MMD_16D)),
     (2, "euler-maruyama", {}, "karras"),
     pytest.param(2, "ancestral", {}, "karras", marks=_xfail(_ANCESTRAL_BIAS)),
     (2, "sde-dpmsolver++", {"order": 2}, "karras"),
@@ -77,8 +77,8 @@ WEAK = [
     pytest.param(16, "ancestral", {}, "karras", marks=_xfail(_ANCESTRAL_BIAS)),
     (16, "sde-dpmsolver++", {"order": 2}, "karras"),
     (16, "pc", {}, "karras"),
-    (2, "ancestral", {"variant": "large"}, "karras"),
-    (16, "ancestral", {"variant": "large"}, "karras"),
+    (2, "ancestral", {"variance": "large"}, "karras"),
+    (16, "ancestral", {"variance": "large"}, "karras"),
 ]
 
 
@@ -184,7 +184,7 @@ def _g2half(t):
 STRONG = [  # (solver, options, diffusion eps(t) of the SDE it converges to, derived strong order)
     ("euler-maruyama", {"final_noise": True}, _g2half, 1.0),
     ("ancestral", {}, _g2half, 1.0),
-    ("ancestral", {"variant": "large"}, _g2half, 1.0),
+    ("ancestral", {"variance": "large"}, _g2half, 1.0),
     ("ddim", {"order": 1, "eta": 0.5}, lambda t: 0.25 * _g2half(t), 1.0),
     ("sde-dpmsolver++", {"order": 1}, _g2half, 1.0),
     ("sde-dpmsolver++", {"order": 2}, _g2half, 1.0),
@@ -241,7 +241,7 @@ def test_weak_order_of_variance_on_gaussian(solver):
     """Data N(MU, C0): the one-step solvers are linear, x_{i+1} = A x_i + B m(x_i) + std z, so the law of
     their output is Gaussian with variance  v_{i+1} = (A + B dm/dx)^2 v_i + std^2  (no sampling). Its error
     against alpha^2 C0 + sigma^2 at t_end falls like 1/N: weak order 1."""
-    from companion.solvers import multistep as ms
+    from companion.solvers.ddim import ddim_noise_coefs
     from companion.solvers import stochastic as st
     from companion.solvers.base import Points
 
@@ -254,7 +254,7 @@ def test_weak_order_of_variance_on_gaussian(solver):
             A, Bm, std = st.em_coefs(VP, pts, final_noise=True)
             dm = (1 - pts.alpha * k) / pts.sigma  # d eps / dx
         elif solver == "ancestral":
-            A, Bm, std = ms.ddim_noise_coefs(pts, 1.0)
+            A, Bm, std = ddim_noise_coefs(pts, 1.0)
             dm = k
         else:
             A, Bm, std = st.interpolant_coefs(VP, pts, 0.5)
@@ -301,7 +301,7 @@ def test_ancestral_large_variance_rejects_eta_below_one():
             torch.zeros(2, 2),
             schedule=VP,
             solver="ancestral",
-            variant="large",
+            variance="large",
             eta=0.5,
             t_end=T_END,
         )
@@ -311,7 +311,7 @@ def test_ancestral_large_variance_rejects_eta_below_one():
 ALL = [
     ("euler-maruyama", {}),
     ("ancestral", {}),
-    ("ancestral", {"variant": "large"}),
+    ("ancestral", {"variance": "large"}),
     ("ddim", {"order": 1, "eta": 0.7}),
     ("sde-dpmsolver++", {"order": 2}),
     ("sde-dpmsolver++", {"order": 3}),
@@ -436,7 +436,7 @@ def test_sde_dpmsolver_steps_integrate_polynomial_data_predictions(order, varian
     """A step of the exact k-step method integrates any degree-(k-1) x0(lambda) exactly; the legacy 3M
     (E3(2h) where 2 E3(2h) is needed) only degree 1."""
     from companion.solvers.base import Points
-    from companion.solvers.stochastic import sde_dpm_coefs
+    from companion.solvers.sde_dpm_solver import sde_dpm_coefs
 
     grid = cp.grids.logsnr(VP, 1.0, 0.01, 12) ** 1.1  # a non-uniform lambda grid
     pts = Points.of(VP, grid)

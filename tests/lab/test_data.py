@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from companion import data
+from companion.lab import data
 
 
 def test_digits_range_shapes_and_split():

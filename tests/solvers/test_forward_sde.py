@@ -8,7 +8,7 @@ import torch
 
 import companion as cp
 from companion.schedules import VE, VPLinear
-from companion.solvers.sde import forward_euler_maruyama
+from companion.solvers import forward_euler_maruyama
 from companion.targets import Gaussian
 
 F64 = torch.float64
