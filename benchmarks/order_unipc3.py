@@ -1,5 +1,5 @@
 """Where does UniPC-3 (UniP-3 + UniC-3, nominal order 4) reach its order? Float64, logSNR grid, VP linear,
-t = 1 -> 1e-3, exact eps of the 2-D and 16-D test mixtures (tests/solvers/test_orders.py), DOP853 reference
+t = 1 -> 1e-3, exact eps of the 2-D and 16-D test mixtures (tests/solvers/test_conformance.py), DOP853 reference
 at rtol 1e-12. Prints
 
 1. the RMS error at 20..640 steps and the local slopes between neighbours;

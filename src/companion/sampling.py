@@ -136,8 +136,6 @@ def _run(built, model, x, schedule, prediction, steps, make_grid, grid_name, lof
         raise ValueError(
             f"steps must be >= order ({built.order}) for method 'singlestep_fixed'; got steps={steps}"
         )
-    if not built.stochastic and (noise is not None):
-        raise ValueError(f"noise= is for stochastic solvers; {built!r} draws no noise")
     prob = S.Problem(
         model=model,
         schedule=schedule,

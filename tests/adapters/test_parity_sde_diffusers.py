@@ -76,7 +76,7 @@ def test_ddpm_matches_diffusers(variance):
         x_T,
         schedule=sched,
         solver="ancestral",
-        variant=variance,
+        variance=variance,
         timesteps=grid,
         noise=InjectedNoise(z),
     )

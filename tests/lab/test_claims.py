@@ -25,9 +25,9 @@ def test_record_writes_exactly_the_keys(ledger):
         holds=True,
         note="x",
     )
-    claims = json.loads(ledger.read_text())
-    assert [set(c) for c in claims] == [{"id", "paper", "measured", "holds", "note", "chapter"}]
-    assert claims[0]["chapter"] == "99_test" and claims[0]["measured"] == {"err": 1e-7, "n": 3}
+    rows = json.loads(ledger.read_text())
+    assert [set(c) for c in rows] == [{"id", "paper", "measured", "holds", "note", "chapter"}]
+    assert rows[0]["chapter"] == "99_test" and rows[0]["measured"] == {"err": 1e-7, "n": 3}
 
 
 def test_rerecording_replaces_and_chapter_resets(ledger):

@@ -17,9 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import grids
-from .. import parameterization as P
-from .. import solvers as S
 from ..sampling import sample
 from ..schedules import Schedule
 

@@ -28,10 +28,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import data
-from .models import io, nets
 from ..sampling import sample as cp_sample
 from ..schedules import VPLinear
+from . import data
+from .models import io, nets
 
 __all__ = ["Recipe", "RECIPES", "train", "eval_sample", "main"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -48,6 +50,10 @@ class Ancestral(Solver):
     (``cp.sample(..., variance="large")``) is DDPM's other variance, exact for standard normal data
     (:func:`ancestral_coefs`, which also checks it). 1 NFE per step;
     strong order 1 for eta = 1 (to the reverse SDE), weak order 1."""
+
+    #: extra configurations the conformance tests run (tests/solvers/test_conformance.py): the deterministic
+    #: end of the eta family (DDIM) and a partial eta
+    conformance: ClassVar[tuple[dict, ...]] = ({"eta": 0.0}, {"eta": 0.5})
 
     order: int = choice(1, (1,), "first order only")
     eta: float = number(1.0, 0.0, 1.0, doc="the fraction of the posterior standard deviation injected")

@@ -3,6 +3,8 @@ eta family of stochastic steps."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -29,6 +31,9 @@ def ddim_noise_coefs(pts: Points, eta: float) -> tuple[Tensor, Tensor, Tensor]:
 class DDIM(Solver):
     """DDIM (Song et al. 2021a, eq. 12): first order, 1 NFE per step; ``eta`` > 0 adds the DDIM noise
     (eta = 1: the posterior q(x_t | x_s, x0) at the predicted x0, i.e. ancestral sampling)."""
+
+    #: extra configurations the conformance tests run (tests/solvers/test_conformance.py): the stochastic form
+    conformance: ClassVar[tuple[dict, ...]] = ({"eta": 0.5},)
 
     order: int = choice(1, (1,), "first order only")
     eta: float = number(0.0, 0.0, 1.0, doc="the fraction of the posterior standard deviation injected")

@@ -4,6 +4,7 @@ diffusion coefficient eps(t) >= 0 picks an SDE with the marginals of the probabi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -68,6 +69,10 @@ class Interpolant(Solver):
     has the marginals p_t of the probability-flow ODE (eps = 0); eps = g^2/2 is the reverse SDE.
     Solved by :func:`interpolant_coefs` (exponential integrator, data prediction held per step): exact for
     point masses, 1 NFE per step, strong order 1, weak order 1."""
+
+    #: extra configurations the conformance tests run (tests/solvers/test_conformance.py): eps = 0 (the
+    #: probability-flow ODE, i.e. DDIM) and a small constant diffusion
+    conformance: ClassVar[tuple[dict, ...]] = ({"diffusion": 0.0}, {"diffusion": 0.05})
 
     order: int = choice(1, (1,), "first order only")
     diffusion: float | Callable[[Tensor], Tensor] = option(1.0, _DIFFUSION)

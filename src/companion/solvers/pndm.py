@@ -20,6 +20,15 @@ from .registry import OrderCheck, Solver, choice, register
 
 __all__ = ["PNDM"]
 
+_ORDER_REASON = (
+    "global order min(order, 2): the exact step is x_t = (alpha_t/alpha_s) x_s - alpha_t int e^{-lambda} "
+    "eps(lambda) d lambda, and the DDIM transfer holds the combined noise prediction e' constant against "
+    "that exponential kernel. Adams-Bashforth makes e' the plain mean of eps over the step to O(h^p), but "
+    "the kernel's mean of lambda - lambda_s is h/2 - h^2/12 + O(h^4), not h/2: for every order >= 2 the "
+    "local error has size (h^3/12) |eps'(lambda_s)| alpha_t e^{-lambda_s} + O(h^4) (1/12 checked for a "
+    "linear eps), so the global order is 2 for orders 2, 3 and 4 (1 for order 1, which is DDIM); measured "
+    "on the logSNR grid, and asymptotically (past ~640 steps) on the time-uniform grid"
+)
 _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
@@ -32,7 +41,10 @@ class PNDM(Solver):
     variant: str = choice("plms", ("plms", "pndm"), "plms (Heun start) or pndm (three pseudo-RK steps first)")
 
     def order_check(self) -> OrderCheck:
-        return OrderCheck(float(self.order))
+        # Measured (float64, VP linear, t 1 -> 1e-3, 20-320 steps, 2-D / 16-D mixtures, plms and pndm alike):
+        # logSNR grid 0.98/0.99, 1.88/1.97, 2.04/1.92, 1.99/2.03 for orders 1-4; time-uniform grid 0.98/0.98,
+        # 1.81/1.82, 1.65/1.59, 1.78/1.39 (pre-asymptotic near t_end; local slopes reach 2.0-2.1 at 1280).
+        return OrderCheck(float(min(self.order, 2)), reason=_ORDER_REASON)
 
     def __call__(self, prob: Problem) -> Tensor:
         x = prob.x

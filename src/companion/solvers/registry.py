@@ -45,13 +45,15 @@ __all__ = [
 @dataclass(frozen=True)
 class Option:
     """What one option allows. ``check(value)`` returns the value or raises; ``invalid`` lists values it must
-    reject (the conformance tests try each one)."""
+    reject (the conformance tests try each one); ``values`` enumerates the allowed values of a choice or a
+    flag (None for a range or a callable)."""
 
     allowed: str
     check_type: Callable[[Any], bool]
     check_value: Callable[[Any], bool]
     invalid: tuple[Any, ...]
     doc: str = ""
+    values: tuple[Any, ...] | None = None
 
     def check(self, solver: str, name: str, value: Any) -> Any:
         if not self.check_type(value):
@@ -82,6 +84,7 @@ def choice(default: Any, values: Sequence[Any], doc: str = ""):
         lambda v: any(type(v) is type(w) and v == w for w in values),
         bad[:2],
         doc,
+        values,
     )
     return _field(default, opt)
 
@@ -129,7 +132,8 @@ def integer(default: int, lo: int, doc: str = ""):
 
 def flag(default: bool, doc: str = ""):
     """True or False (not 0/1, not a string)."""
-    return _field(default, Option("True or False", lambda v: isinstance(v, bool), lambda v: True, ("yes", 1), doc))
+    opt = Option("True or False", lambda v: isinstance(v, bool), lambda v: True, ("yes", 1), doc, (True, False))
+    return _field(default, opt)
 
 
 def option(default: Any, opt: Option):
