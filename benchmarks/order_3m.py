@@ -67,7 +67,7 @@ def main() -> None:
             ("dpmsolver", "legacy"),
             ("unipc", None),
         ):
-            kw = dict(corrector=False) if solver == "unipc" else dict(variant=variant)
+            kw = dict(corrector=False) if solver == "unipc" else ({"variant": variant} if variant else {})
             errs = []
             for n in steps:
                 out = cp.sample(

@@ -114,10 +114,26 @@ def sample(
     built = _solver(solver, options)
     _check_common(x_T, schedule, compat, steps)
     if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable(i, t, x, denoised) or None; got {type(callback).__name__}")
+        raise TypeError(
+            f"callback must be callable(i, t, x, denoised) or None; got {type(callback).__name__}"
+        )
     make_grid, steps, grid_name = _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho)
-    x = _run(built, model, x_T, schedule, prediction, steps, make_grid, grid_name,
-             _LOF[compat] if lower_order_final else 0, compat, x0_fn, generator, noise, callback)
+    x = _run(
+        built,
+        model,
+        x_T,
+        schedule,
+        prediction,
+        steps,
+        make_grid,
+        grid_name,
+        _LOF[compat] if lower_order_final else 0,
+        compat,
+        x0_fn,
+        generator,
+        noise,
+        callback,
+    )
     t_last = make_grid(steps)[-1]
     if denoise_to_zero and bool((schedule.sigma(t_last) > 0).all()):  # at sigma = 0, x is already clean
         ev = Evaluator(model, schedule, prediction, "x0", x, x0_fn)
@@ -125,8 +141,22 @@ def sample(
     return x
 
 
-def _run(built, model, x, schedule, prediction, steps, make_grid, grid_name, lof, compat, x0_fn, generator,
-         noise, callback) -> Tensor:
+def _run(
+    built,
+    model,
+    x,
+    schedule,
+    prediction,
+    steps,
+    make_grid,
+    grid_name,
+    lof,
+    compat,
+    x0_fn,
+    generator,
+    noise,
+    callback,
+) -> Tensor:
     # Validates t_start / t_end before any model call; the grid most solvers use, so it is built once.
     first = make_grid(steps)
     if first.dim() == 2 and first.shape[1] != x.shape[0]:
@@ -187,5 +217,19 @@ def invert(
     _check_common(x_0, schedule, None, steps)
     make_grid, steps, _ = _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho)
     up = make_grid(steps).flip(0)
-    return _run(built, model, x_0, schedule, prediction, steps, lambda n: up, None, 0, None, x0_fn, None, None,
-                callback)
+    return _run(
+        built,
+        model,
+        x_0,
+        schedule,
+        prediction,
+        steps,
+        lambda n: up,
+        None,
+        0,
+        None,
+        x0_fn,
+        None,
+        None,
+        callback,
+    )

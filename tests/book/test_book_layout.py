@@ -46,7 +46,9 @@ def test_chapter_conventions(src):
     assert "parameters" in params.metadata.get("tags", []), "second code cell holds the parameters"
     for name in ("QUICK", "DEVICE", "SEED"):
         assert re.search(rf"^{name}\s*=", params.source, re.M), f"parameter {name} missing"
-    assert f'setup("{src.stem}"' in "".join(c.source for c in code), "chapter calls cp.lab.chapter.setup(<its stem>)"
+    assert f'setup("{src.stem}"' in "".join(c.source for c in code), (
+        "chapter calls cp.lab.chapter.setup(<its stem>)"
+    )
     assert any(re.match(r"# \S", c.source) for c in nb.cells if c.cell_type == "markdown"), "needs a # title"
 
 

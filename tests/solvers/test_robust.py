@@ -162,7 +162,9 @@ def _run(**kw):
     return cp.sample(model, x, **args)
 
 
-@pytest.mark.parametrize("order,error", [(0, ValueError), (4, ValueError), (2.0, TypeError), ("2", TypeError)])
+@pytest.mark.parametrize(
+    "order,error", [(0, ValueError), (4, ValueError), (2.0, TypeError), ("2", TypeError)]
+)
 def test_bad_order(order, error):
     with pytest.raises(error, match=r"solver 'dpmsolver\+\+': option order=.* allowed: one of \[1, 2, 3\]"):
         _run(order=order)

@@ -40,8 +40,11 @@ def ancestral_coefs(pts: Points, eta: float, variance: str = "small") -> tuple[T
     return a, b, std
 
 
-@register("ancestral", "ancestral / DDPM posterior sampling (eta = 1), DDIM's eta family; variance 'large': "
-          "DDPM's sigma^2 = beta, exact for standard normal data")
+@register(
+    "ancestral",
+    "ancestral / DDPM posterior sampling (eta = 1), DDIM's eta family; variance 'large': "
+    "DDPM's sigma^2 = beta, exact for standard normal data",
+)
 class Ancestral(Solver):
     """Ancestral sampling: DDPM (Ho et al. 2020, eq. 6-7: the posterior q(x_t | x_s, x0) at the predicted x0)
     on any grid, and DDIM's eta family (Song et al. 2021a, eq. 12 and 16) for 0 <= eta <= 1:
@@ -57,7 +60,9 @@ class Ancestral(Solver):
 
     order: int = choice(1, (1,), "first order only")
     eta: float = number(1.0, 0.0, 1.0, doc="the fraction of the posterior standard deviation injected")
-    variance: str = choice("small", ("small", "large"), "DDPM's beta-tilde (small) or beta (large, eta = 1 only)")
+    variance: str = choice(
+        "small", ("small", "large"), "DDPM's beta-tilde (small) or beta (large, eta = 1 only)"
+    )
 
     def validate(self) -> None:
         if self.variance == "large" and self.eta != 1.0:
@@ -82,5 +87,3 @@ class Ancestral(Solver):
         pts = grid_points(prob)
         a, b, std = ancestral_coefs(pts, self.eta, self.variance)
         return run_noisy(prob, "x0", pts, [1] * len(a), a, b[:, None], std)
-
-

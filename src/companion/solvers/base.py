@@ -204,7 +204,9 @@ class Evaluator:
             self._checked = True
         if self.x0_fn is None:
             if self.keep_denoised:
-                self.denoised = out.to(x.dtype) if self.prediction == "x0" else lincomb([(point[6], out), (point[5], x)])
+                self.denoised = (
+                    out.to(x.dtype) if self.prediction == "x0" else lincomb([(point[6], out), (point[5], x)])
+                )
             return out, cx, co
         m = out if self.prediction == "x0" else lincomb([(co, out.to(x.dtype)), (cx, x)])
         m = self.x0_fn(m)

@@ -60,4 +60,14 @@ class DDIM(Solver):
             a, b = first_order("x0", pts[:-1], pts[1:])
             return ms.run(ev, prob.x, pts, [1] * n, a, b[:, None], hook=hook)
         a, b, std = ddim_noise_coefs(pts, self.eta)
-        return ms.run(ev, prob.x, pts, [1] * n, a, b[:, None], noise=std, draw=prob.noise_stream(pts.t, prob.x), hook=hook)
+        return ms.run(
+            ev,
+            prob.x,
+            pts,
+            [1] * n,
+            a,
+            b[:, None],
+            noise=std,
+            draw=prob.noise_stream(pts.t, prob.x),
+            hook=hook,
+        )

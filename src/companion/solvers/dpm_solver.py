@@ -67,8 +67,10 @@ class DPMSolver(Solver):
     order: int = choice(2, (1, 2, 3), "the order of the update (warm-up and final steps may be lower)")
     method: str = choice("multistep", METHODS, "how model evaluations are spent")
     variant: str = choice(
-        "midpoint", ("midpoint", "heun", "legacy"), "midpoint (the papers' algorithms), heun (exact Lagrange "
-        "weights) or legacy (the shipped 3M, order 3 multistep only)"
+        "midpoint",
+        ("midpoint", "heun", "legacy"),
+        "midpoint (the papers' algorithms), heun (exact Lagrange "
+        "weights) or legacy (the shipped 3M, order 3 multistep only)",
     )
     corrector: str | None = choice(None, (None, "bh1", "bh2"), "a UniC corrector after each multistep step")
     atol: float | None = number(None, 0.0, lo_open=True, optional=True, doc="adaptive: absolute tolerance")
@@ -76,8 +78,10 @@ class DPMSolver(Solver):
 
     def validate(self) -> None:
         if self.variant == "legacy" and (self.order != 3 or self.method != "multistep"):
-            self.fail("variant 'legacy' is the shipped third-order multistep update: it needs order=3 and "
-                      f"method='multistep'; got order={self.order}, method={self.method!r}")
+            self.fail(
+                "variant 'legacy' is the shipped third-order multistep update: it needs order=3 and "
+                f"method='multistep'; got order={self.order}, method={self.method!r}"
+            )
         if self.corrector is not None and self.method != "multistep":
             self.fail(f"corrector={self.corrector!r} needs method='multistep'; got method={self.method!r}")
         if self.method == "adaptive":
@@ -94,20 +98,31 @@ class DPMSolver(Solver):
 
     def order_check(self) -> OrderCheck:
         if self.method == "adaptive":
-            return OrderCheck(None, reason="the adaptive method picks its own steps from atol/rtol; that its "
-                              "error falls with the tolerance is tested in tests/solvers/test_misc.py")
+            return OrderCheck(
+                None,
+                reason="the adaptive method picks its own steps from atol/rtol; that its "
+                "error falls with the tolerance is tested in tests/solvers/test_misc.py",
+            )
         if self.variant == "legacy":
             return OrderCheck(2.0, reason="the shipped 3M: E3 where the expansion needs 2 E3 (order 2)")
         nominal = float(self.order + (self.corrector is not None))
         if self.method.startswith("singlestep") and self.order == 3 and self.pred == "x0":
-            return OrderCheck(nominal, steps=(80, 161, 320, 641, 1280), reason="data prediction is "
-                              "pre-asymptotic below ~300 NFE (2-D local slopes 2.34, 2.60, 2.71, 2.86 from 20 "
-                              "to 320 NFE, fit 2.63 over 20-320, 2.87 over 80-1280; NFE = 2 mod 3, the "
-                              "official split [3, ..., 3, 2])")
+            return OrderCheck(
+                nominal,
+                steps=(80, 161, 320, 641, 1280),
+                reason="data prediction is "
+                "pre-asymptotic below ~300 NFE (2-D local slopes 2.34, 2.60, 2.71, 2.86 from 20 "
+                "to 320 NFE, fit 2.63 over 20-320, 2.87 over 80-1280; NFE = 2 mod 3, the "
+                "official split [3, ..., 3, 2])",
+            )
         if self.corrector is not None and self.order == 3 and self.pred == "x0":
-            return OrderCheck(nominal, steps=(160, 320, 640), reason="UniC-corrected 3M in data prediction is "
-                              "pre-asymptotic over 20-320 steps (16-D fit 3.66, local slopes 3.22-3.98), as "
-                              "UniPC-3 (docs/findings/unipc3_order.md)")
+            return OrderCheck(
+                nominal,
+                steps=(160, 320, 640),
+                reason="UniC-corrected 3M in data prediction is "
+                "pre-asymptotic over 20-320 steps (16-D fit 3.66, local slopes 3.22-3.98), as "
+                "UniPC-3 (docs/findings/unipc3_order.md)",
+            )
         return OrderCheck(nominal)
 
     def __call__(self, prob: Problem) -> Tensor:

@@ -64,7 +64,6 @@ class EulerMaruyama(Solver):
         return run_noisy(prob, "eps", pts, [1] * len(A), A, B, std)
 
 
-
 def forward_euler_maruyama(
     x_0: Tensor, schedule: Schedule, timesteps, *, generator: torch.Generator | None = None
 ) -> Tensor:

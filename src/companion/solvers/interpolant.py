@@ -96,5 +96,3 @@ class Interpolant(Solver):
         pts = grid_points(prob)
         a, b, std = interpolant_coefs(prob.schedule, pts, self.diffusion)
         return run_noisy(prob, "x0", pts, [1] * len(a), a, b[:, None], std)
-
-

@@ -32,7 +32,9 @@ _ORDER_REASON = (
 _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-@register("pndm", "PNDM: PLMS (NFE = steps + 1) or, variant 'pndm', pseudo-RK start then PLMS (NFE = steps + 9)")
+@register(
+    "pndm", "PNDM: PLMS (NFE = steps + 1) or, variant 'pndm', pseudo-RK start then PLMS (NFE = steps + 9)"
+)
 class PNDM(Solver):
     """PNDM / PLMS (Liu et al. 2022) as diffusers runs them; ``order`` is the Adams-Bashforth order of the
     combined noise prediction (4 in the paper)."""

@@ -43,9 +43,13 @@ class PredictorCorrector(Solver):
         return reverse_sde(schedule)
 
     def order_check(self) -> OrderCheck:
-        return OrderCheck(None, kind="strong", reason="not pathwise convergent (strong order 0): the corrector's "
-                          "noise is not the SDE's Brownian path; tests/solvers/test_stochastic.py checks that "
-                          "its error does not fall with the step count, and its weak accuracy")
+        return OrderCheck(
+            None,
+            kind="strong",
+            reason="not pathwise convergent (strong order 0): the corrector's "
+            "noise is not the SDE's Brownian path; tests/solvers/test_stochastic.py checks that "
+            "its error does not fall with the step count, and its weak accuracy",
+        )
 
     def __call__(self, prob: Problem) -> Tensor:
         pts = grid_points(prob)
@@ -77,5 +81,3 @@ class PredictorCorrector(Solver):
             if hook is not None:
                 x = hook(i, x)
         return x
-
-

@@ -50,8 +50,17 @@ class Problem:
         out = self.callback(i, t, x, ev.denoised)
         if out is None:
             return x
-        if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-            got = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, Tensor) else type(out).__name__
+        if (
+            not isinstance(out, Tensor)
+            or out.shape != x.shape
+            or out.dtype != x.dtype
+            or out.device != x.device
+        ):
+            got = (
+                f"{tuple(out.shape)} {out.dtype} on {out.device}"
+                if isinstance(out, Tensor)
+                else type(out).__name__
+            )
             raise ValueError(
                 f"callback must return None or a tensor like x ({tuple(x.shape)} {x.dtype} on {x.device}); got {got}"
             )

@@ -42,6 +42,7 @@ __all__ = [
     "build",
 ]
 
+
 @dataclass(frozen=True)
 class Option:
     """What one option allows. ``check(value)`` returns the value or raises; ``invalid`` lists values it must
@@ -61,7 +62,9 @@ class Option:
                 f"solver {solver!r}: option {name}={value!r} has type {type(value).__name__}; allowed: {self.allowed}"
             )
         if not self.check_value(value):
-            raise ValueError(f"solver {solver!r}: option {name}={value!r} is not allowed; allowed: {self.allowed}")
+            raise ValueError(
+                f"solver {solver!r}: option {name}={value!r} is not allowed; allowed: {self.allowed}"
+            )
         return value
 
 
@@ -111,7 +114,11 @@ def number(
             return False
         return hi is None or v <= hi
 
-    invalid = ["1.0", float("nan")] + ([lo - 1.0] if lo is not None else []) + ([hi + 1.0] if hi is not None else [])
+    invalid = (
+        ["1.0", float("nan")]
+        + ([lo - 1.0] if lo is not None else [])
+        + ([hi + 1.0] if hi is not None else [])
+    )
     if lo_open and lo is not None:
         invalid.append(lo)
     opt = Option(allowed, lambda v: _is_real(v) or (optional and v is None), ok, tuple(invalid), doc)
@@ -132,7 +139,9 @@ def integer(default: int, lo: int, doc: str = ""):
 
 def flag(default: bool, doc: str = ""):
     """True or False (not 0/1, not a string)."""
-    opt = Option("True or False", lambda v: isinstance(v, bool), lambda v: True, ("yes", 1), doc, (True, False))
+    opt = Option(
+        "True or False", lambda v: isinstance(v, bool), lambda v: True, ("yes", 1), doc, (True, False)
+    )
     return _field(default, opt)
 
 
@@ -170,7 +179,9 @@ class OrderCheck:
             object.__setattr__(self, "steps", self.DEFAULT_STEPS["strong"])
         unusual = self.tolerance > 0.3 or self.steps != self.DEFAULT_STEPS[self.kind]
         if (self.nominal is None or unusual) and not self.reason:
-            raise ValueError("an order check without a nominal order, or with a wider tolerance or another window, needs a reason")
+            raise ValueError(
+                "an order check without a nominal order, or with a wider tolerance or another window, needs a reason"
+            )
 
 
 class Solver:
@@ -189,7 +200,9 @@ class Solver:
         for f in dataclasses.fields(self):
             opt = f.metadata.get("option")
             if opt is None:
-                raise TypeError(f"{type(self).__name__}.{f.name}: every field of a solver must be a declared option")
+                raise TypeError(
+                    f"{type(self).__name__}.{f.name}: every field of a solver must be a declared option"
+                )
             opt.check(self.name or type(self).__name__, f.name, getattr(self, f.name))
         self.validate()
 
@@ -265,7 +278,9 @@ def available() -> list[str]:
 def get(name: str) -> type[Solver]:
     """The solver class registered as ``name``."""
     if not isinstance(name, str):
-        raise TypeError(f"solver must be a registered name (str) or a built solver; got {type(name).__name__}")
+        raise TypeError(
+            f"solver must be a registered name (str) or a built solver; got {type(name).__name__}"
+        )
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -285,4 +300,3 @@ def build(name: str, **options: Any) -> Solver:
 def _unregister(name: str) -> None:
     """Remove a solver (tests that register a throwaway solver clean up with it)."""
     _REGISTRY.pop(name, None)
-

@@ -58,8 +58,9 @@ class SDEDPMSolverPP(Solver):
 
     order: int = choice(2, (1, 2, 3), "the order of the drift's update")
     variant: str = choice(
-        "midpoint", ("midpoint", "heun", "legacy"), "midpoint, heun (exact Lagrange weights) or legacy (k-diffusion's "
-        "3M, order 3 only)"
+        "midpoint",
+        ("midpoint", "heun", "legacy"),
+        "midpoint, heun (exact Lagrange weights) or legacy (k-diffusion's 3M, order 3 only)",
     )
 
     def validate(self) -> None:
@@ -81,5 +82,3 @@ class SDEDPMSolverPP(Solver):
         orders = ms.step_orders(pts.t.shape[0] - 1, self.order, pts.lam, prob.lower_order_final)
         A, B, std = sde_dpm_coefs(pts, orders, self.variant)
         return run_noisy(prob, "x0", pts, orders, A, B, std)
-
-

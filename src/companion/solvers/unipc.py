@@ -95,9 +95,13 @@ class UniPC(Solver):
     def order_check(self) -> OrderCheck:
         nominal = float(self.order + self.corrector)
         if self.corrector and self.order == 3 and self.pred == "x0":
-            return OrderCheck(nominal, steps=self.STEPS_ASYMPTOTIC, reason="pre-asymptotic over 20-320 steps "
-                              "(3.66 on the 16-D mixture): the order-4 term dominates only past ~200 steps "
-                              "(docs/findings/unipc3_order.md)")
+            return OrderCheck(
+                nominal,
+                steps=self.STEPS_ASYMPTOTIC,
+                reason="pre-asymptotic over 20-320 steps "
+                "(3.66 on the 16-D mixture): the order-4 term dominates only past ~200 steps "
+                "(docs/findings/unipc3_order.md)",
+            )
         return OrderCheck(nominal)
 
     def __call__(self, prob: Problem) -> Tensor:

@@ -19,7 +19,9 @@ def _load() -> tuple[Tensor, Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # scikit-learn is a `book` extra, not a core dependency
-        raise ImportError("companion.lab.data.digits needs scikit-learn: pip install 'companion[book]'") from e
+        raise ImportError(
+            "companion.lab.data.digits needs scikit-learn: pip install 'companion[book]'"
+        ) from e
     d = load_digits()
     x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
     y = torch.as_tensor(d.target, dtype=torch.int64)

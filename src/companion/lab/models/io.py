@@ -75,7 +75,9 @@ def load_card(name: str, root: str | Path | None = None) -> dict[str, Any]:
     """The JSON card of model ``name``; :class:`WeightsError` naming the file if missing or unreadable."""
     _, c_path = _paths(name, root)
     if not c_path.is_file():
-        raise WeightsError(f"model card {c_path} not found; retrain with `python -m companion.lab.train {name}`")
+        raise WeightsError(
+            f"model card {c_path} not found; retrain with `python -m companion.lab.train {name}`"
+        )
     try:
         card = json.loads(c_path.read_text())
     except (OSError, ValueError) as e:
