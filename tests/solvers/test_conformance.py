@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import fitted_order, reference
+from helpers import fitted_order, gaussian_path_solution, reference
 from torch import Tensor
 
 import companion as cp
@@ -234,38 +234,16 @@ def strong_problem(dim: str, n_fine: int):
     return tgt.model(VP, "eps"), x_T, path
 
 
-def path_solution(path: BrownianPath, x_T: Tensor, eps_fn) -> Tensor:
-    """The exact solution of dx = [f x - (g^2/2 + eps) score] dt + sqrt(2 eps) dW_bar on data N(MU, C0 I)
-    along ``path``. It is linear in z = x - alpha MU: dz = (v'/(2v) + eps/v) z dt + sqrt(2 eps) dW_bar with
-    v = alpha^2 C0 + sigma^2 (backwards in t). Exact decay factors per fine step; the Ito integral of each
-    fine step by its integrand at the midpoint times the fine increment (O(dt^{3/2}) per step, far below
-    the solvers' errors at the path's resolution)."""
-    t = path.times.flip(0)  # decreasing
-    al, sg = VP.alpha(t), VP.sigma(t)
-    v = al**2 * C0 + sg**2
-    m = (t[:-1] + t[1:]) / 2
-    vm = VP.alpha(m) ** 2 * C0 + VP.sigma(m) ** 2
-    em = eps_fn(m)
-    dt = t[:-1] - t[1:]
-    decay = torch.exp(-(0.5 * torch.log(v[:-1] / v[1:]) + em / vm * dt))
-    kick = torch.exp(-(0.5 * torch.log(vm / v[1:]) + em / vm * dt / 2)) * torch.sqrt(2 * em)
-    dw = path.fine_increments(x_T).flip(0)  # dw[k] = W(t_k) - W(t_{k+1})
-    z = x_T - al[0] * MU
-    for k in range(dt.numel()):
-        z = decay[k] * z + kick[k] * dw[k]
-    return z + al[-1] * MU
-
-
 _PATHS: dict = {}
 
 
 def _path_reference(dim: str, n_fine: int, eps_fn) -> Tensor:
-    """:func:`path_solution`, cached by the values of eps(t) on the path (sde_diffusion makes new lambdas)."""
+    """:func:`helpers.gaussian_path_solution`, cached by the values of eps(t) on the path (sde_diffusion makes new lambdas)."""
     _, x_T, path = strong_problem(dim, n_fine)
     t = path.times
     key = (dim, n_fine, hashlib.sha1(eps_fn((t[:-1] + t[1:]) / 2).numpy().tobytes()).hexdigest())
     if key not in _PATHS:
-        _PATHS[key] = path_solution(path, x_T, eps_fn)
+        _PATHS[key] = gaussian_path_solution(VP, path, x_T, eps_fn, MU, C0)
     return _PATHS[key]
 
 

@@ -21,7 +21,7 @@ def _sample(**kw):
 @pytest.mark.parametrize(
     "options,error,match",
     [
-        # the cases that used to run silently
+        # wrong names, types and values
         (dict(solver="unipc", pred="v"), ValueError, r"solver 'unipc': option pred='v' is not allowed; allowed: one of \['x0', 'eps'\]"),
         (dict(solver="dpmsolver++", corrector="bogus"), ValueError, r"option corrector='bogus' is not allowed; allowed: one of \[None, 'bh1', 'bh2'\]"),
         (dict(solver="deis", corrector="bogus"), ValueError, r"solver 'deis': option corrector='bogus'"),

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import gaussian_path_solution
 from torch import Tensor
 
 import companion as cp
@@ -160,26 +161,6 @@ N_FINE = 5120
 MU, C0, B = 0.3, 0.25, 128
 
 
-def _path_solution(path: BrownianPath, x_T: Tensor, eps_fn) -> Tensor:
-    """The eps-family SDE on data N(MU, C0 I) is linear in z = x - alpha MU:
-    dz = (v'/(2v) + eps/v) z dt + sqrt(2 eps) dW_bar, v = alpha^2 C0 + sigma^2. Exact factors per fine step,
-    the Ito integral by the midpoint value of its deterministic integrand times the fine increment."""
-    t = path.times.flip(0)  # decreasing
-    al, sg = VP.alpha(t), VP.sigma(t)
-    v = al**2 * C0 + sg**2
-    m = (t[:-1] + t[1:]) / 2
-    vm = VP.alpha(m) ** 2 * C0 + VP.sigma(m) ** 2
-    em = eps_fn(m)
-    dt = t[:-1] - t[1:]
-    decay = torch.exp(-(0.5 * torch.log(v[:-1] / v[1:]) + em / vm * dt))
-    kick = torch.exp(-(0.5 * torch.log(vm / v[1:]) + em / vm * dt / 2)) * torch.sqrt(2 * em)
-    dw = path.fine_increments(x_T).flip(0)  # dw[k] = W(t_k) - W(t_{k+1})
-    z = x_T - al[0] * MU
-    for k in range(dt.numel()):
-        z = decay[k] * z + kick[k] * dw[k]
-    return z + al[-1] * MU
-
-
 def _g2half(t):
     return VP.g2(t) / 2
 
@@ -198,7 +179,7 @@ _REF: dict = {}
 def _strong_errors(gaussian_path, solver, kw, eps_fn):
     model, path, x_T = gaussian_path
     if eps_fn not in _REF:
-        _REF[eps_fn] = _path_solution(path, x_T, eps_fn)
+        _REF[eps_fn] = gaussian_path_solution(VP, path, x_T, eps_fn, MU, C0)
     ref = _REF[eps_fn]
     errs = []
     for n in NS:

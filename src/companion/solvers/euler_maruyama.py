@@ -10,8 +10,8 @@ from .._device import host_to
 from ..schedules import Schedule
 from .base import Points
 from .problem import Problem
-from .registry import OrderCheck, Solver, choice, flag, register
-from .reverse_sde import grid_points, reverse_sde, run_noisy
+from .registry import OrderCheck, choice, flag, register
+from .reverse_sde import ReverseSDESolver, grid_points, run_noisy
 
 __all__ = ["EulerMaruyama", "em_coefs", "forward_euler_maruyama"]
 
@@ -37,7 +37,7 @@ def em_coefs(schedule, pts: Points, final_noise: bool) -> tuple[Tensor, Tensor, 
 
 
 @register("euler-maruyama", "Euler-Maruyama on the reverse SDE; strong order 1 (additive noise)")
-class EulerMaruyama(Solver):
+class EulerMaruyama(ReverseSDESolver):
     """Euler-Maruyama on the reverse SDE dx = [f x - g^2 grad log p_t] dt + g dW_bar (Song et al. 2021,
     eq. 6). 1 NFE per step; strong order 1 (additive noise), weak order 1.
     ``final_noise=False`` (default) returns the last step's mean, as Song et al.'s code (``denoise``): the
@@ -45,13 +45,6 @@ class EulerMaruyama(Solver):
 
     order: int = choice(1, (1,), "first order only")
     final_noise: bool = flag(False, "add the last step's noise (False: return the last step's mean)")
-
-    @property
-    def stochastic(self) -> bool:
-        return True
-
-    def sde_diffusion(self, schedule):
-        return reverse_sde(schedule)
 
     def order_check(self) -> OrderCheck:
         if self.final_noise:

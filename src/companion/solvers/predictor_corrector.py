@@ -9,14 +9,14 @@ from .base import lincomb, rows
 from .ddim import ddim_noise_coefs
 from .euler_maruyama import em_coefs
 from .problem import Problem
-from .registry import OrderCheck, Solver, choice, flag, integer, number, register
-from .reverse_sde import grid_points, reverse_sde
+from .registry import OrderCheck, choice, flag, integer, number, register
+from .reverse_sde import ReverseSDESolver, grid_points
 
 __all__ = ["PredictorCorrector"]
 
 
 @register("pc", "predictor-corrector: Langevin corrector (snr) + Euler-Maruyama or ancestral predictor")
-class PredictorCorrector(Solver):
+class PredictorCorrector(ReverseSDESolver):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1 and 4-5), VP and VE alike.
 
     Each step: ``corrector_steps`` Langevin moves at t_i,  x <- x + e s + sqrt(2 e) z  with score s, then the
@@ -34,13 +34,6 @@ class PredictorCorrector(Solver):
     corrector_steps: int = integer(1, 0, "Langevin moves per step")
     predictor: str = choice("euler-maruyama", ("euler-maruyama", "ancestral"), "the predictor step")
     final_noise: bool = flag(False, "add the last predictor step's noise")
-
-    @property
-    def stochastic(self) -> bool:
-        return True
-
-    def sde_diffusion(self, schedule):
-        return reverse_sde(schedule)
 
     def order_check(self) -> OrderCheck:
         return OrderCheck(

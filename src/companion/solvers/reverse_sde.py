@@ -31,8 +31,9 @@ from torch import Tensor
 from . import multistep as ms
 from .base import Points
 from .problem import Problem
+from .registry import Solver
 
-__all__ = ["grid_points", "run_noisy", "reverse_sde"]
+__all__ = ["ReverseSDESolver", "grid_points", "run_noisy", "reverse_sde"]
 
 
 def grid_points(prob: Problem) -> Points:
@@ -50,3 +51,14 @@ def run_noisy(prob: Problem, pred: str, pts: Points, orders: list[int], A, B, st
 def reverse_sde(schedule):
     """eps(t) = g^2(t)/2: the reverse SDE of Song et al. 2021, eq. 6, as a member of the family above."""
     return lambda t: schedule.g2(t) / 2
+
+
+class ReverseSDESolver(Solver):
+    """Base of the samplers of the reverse SDE itself (eps = g^2/2): stochastic, so not invertible."""
+
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def sde_diffusion(self, schedule):
+        return reverse_sde(schedule)

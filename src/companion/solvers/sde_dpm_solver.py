@@ -10,8 +10,8 @@ from . import multistep as ms
 from .base import Points, kernel
 from .dpm_solver import dpm_weights
 from .problem import Problem
-from .registry import OrderCheck, Solver, choice, register
-from .reverse_sde import grid_points, reverse_sde, run_noisy
+from .registry import OrderCheck, choice, register
+from .reverse_sde import ReverseSDESolver, grid_points, run_noisy
 
 __all__ = ["SDEDPMSolverPP", "sde_dpm_coefs"]
 
@@ -49,7 +49,7 @@ def sde_dpm_coefs(pts: Points, orders: list[int], variant: str) -> tuple[Tensor,
 
 
 @register("sde-dpmsolver++", "SDE-DPM-Solver++ multistep 1, 2M (midpoint | heun), 3M (exact | legacy)")
-class SDEDPMSolverPP(Solver):
+class SDEDPMSolverPP(ReverseSDESolver):
     """SDE-DPM-Solver++ (Lu et al. 2022b, Sec. 5), multistep orders 1, 2M, 3M; 1 NFE per step.
 
     Strong order 1 at every order (the noise term limits it; see the module docstring); the order-k drift
@@ -66,13 +66,6 @@ class SDEDPMSolverPP(Solver):
     def validate(self) -> None:
         if self.variant == "legacy" and self.order != 3:
             self.fail(f"variant 'legacy' is k-diffusion's 3M: it needs order=3; got order={self.order}")
-
-    @property
-    def stochastic(self) -> bool:
-        return True
-
-    def sde_diffusion(self, schedule):
-        return reverse_sde(schedule)
 
     def order_check(self) -> OrderCheck:
         return OrderCheck(1.0, kind="strong")
