@@ -32,8 +32,8 @@ def report(request):
 
 
 def pytest_runtest_logreport(report):
-    if report.when != "call":
-        return
+    # Every phase: a fixture may report in its teardown (each phase's report carries the lines so far;
+    # keeping the largest value per key makes the repeats harmless).
     for name, entry in report.user_properties:
         if name == _REPORT_KEY:
             section, key, value = entry
