@@ -138,21 +138,21 @@ def write_report(dest: Path, claims_dir: Path, verdicts_file: Path, chapters_dir
             rows = [c for c in cs if c["kind"] == kind]
             if not rows:
                 continue
-            text += [
-                f"**{KIND_TITLE[kind]}**",
-                "",
-                "| claim | what was checked | figure | verdict |",
-                "|---|---|---|---|",
-            ]
+            text += [f"**{KIND_TITLE[kind]}**", "", "| claim | figure | verdict |", "|---|---|---|"]
             for c in rows:
-                verdict = VERDICT[kind][c["holds"]]
-                why = expected.get(c["id"], {}).get("reason") if c["holds"] is not True else ""
-                if why:
-                    verdict += f": {why}"
                 text.append(
-                    f"| `{_cell(c['id'])}` | {_cell(c['criterion'])} | {_cell(headline(c['measured']))} | "
-                    f"{_cell(verdict)} |"
+                    f"| `{_cell(c['id'])}` | {_cell(headline(c['measured']))} | {VERDICT[kind][c['holds']]} |"
                 )
+            text.append("")
+            for c in rows:  # the criterion, the control and, where it did not hold, why: one click away
+                why = expected.get(c["id"], {}).get("reason", "") if c["holds"] is not True else ""
+                body = f"<b>Criterion.</b> {html.escape(c['criterion'])}"
+                if c.get("control_note"):
+                    body += f"<br><b>Control</b> (must fail): {html.escape(c['control_note'])}"
+                if why:
+                    body += f"<br><b>Why not.</b> {html.escape(why)}"
+                summary = f"<code>{html.escape(c['id'])}</code>: criterion"
+                text.append(f"<details><summary>{summary}</summary>{body}</details>")
             text.append("")
         records = html.escape(json.dumps(cs, indent=1))
         text += [f"<details><summary>Full records ({len(cs)})</summary><pre>{records}</pre></details>", ""]
