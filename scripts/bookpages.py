@@ -3,12 +3,11 @@ report (from the claims ledger, build/claims/*.json). Both are rewritten on ever
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import tempfile
 from pathlib import Path
-
-HOLDS = {True: "reproduced", False: "did not reproduce", None: "not reproducible at this scale"}
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -78,40 +77,83 @@ def _fmt_measured(m: object) -> str:
     return short(m)
 
 
-def write_report(dest: Path, claims_dir: Path, expected_file: Path) -> None:
-    expected = json.loads(expected_file.read_text()) if expected_file.is_file() else {}
+def headline(measured: object) -> str:
+    """The one figure a reader scans: ``measured["headline"]`` when the chapter names it, else the first
+    scalar of the record."""
+    if isinstance(measured, dict):
+        if "headline" in measured:
+            return _fmt_measured(measured["headline"])
+        for k, v in measured.items():
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                return f"{k}: {_fmt_measured(v)}"
+        return ""
+    return _fmt_measured(measured)
+
+
+KIND_TITLE = {
+    "paper": "Paper claims",
+    "finding": "Findings (ours, about the papers' code or results)",
+    "check": "Checks (identities and consistency tests)",
+}
+VERDICT = {
+    "paper": {True: "✅ reproduced", False: "❌ did not reproduce", None: "➖ not decidable at our scale"},
+    "finding": {True: "✅ holds", False: "❌ does not hold", None: "➖ not decidable"},
+    "check": {True: "✅ passes", False: "❌ fails", None: "➖ not decidable"},
+}
+
+
+def write_report(dest: Path, claims_dir: Path, verdicts_file: Path, chapters_dir: Path | None = None) -> None:
+    """book/report.md: per chapter (by title), paper claims apart from findings and checks, a sentence,
+    one figure and the verdict per row; the full records in a collapsed block."""
+    expected = json.loads(verdicts_file.read_text()) if verdicts_file.is_file() else {}
     claims = []
     for f in sorted(claims_dir.glob("*.json")):
         claims.extend(json.loads(f.read_text()))
-    counts = {k: sum(1 for c in claims if c["holds"] is k) for k in (True, False, None)}
+    paper = [c for c in claims if c["kind"] == "paper"]
+    count = {k: sum(1 for c in paper if c["holds"] is k) for k in (True, False, None)}
+    others = {k: sum(1 for c in claims if c["kind"] == k) for k in ("finding", "check")}
     text = [
         "# Reproduction report",
         "",
-        "Each chapter records the paper claims it checks in a ledger (`companion.lab.claims.record`); this page is",
-        "generated from that ledger by `make book`. A claim that did not reproduce fails the build unless it is",
-        "listed, with its reason, in `book/expected_nonreproductions.json`.",
+        "Each chapter states the claims it checks before computing them and records the verdicts in a ledger",
+        "(`companion.lab.claims`); `make book` writes this page from that ledger. Every paper claim has a",
+        "negative control (the same criterion on an input that must fail it) that came out False, and every",
+        "verdict matches the reviewed one in `book/verdicts.json`: a change in either direction fails the build.",
         "",
-        f"**{len(claims)} claims:** {counts[True]} reproduced, {counts[False]} did not reproduce, "
-        f"{counts[None]} not reproducible at this scale.",
+        f"**{len(paper)} paper claims:** {count[True]} reproduced, {count[False]} did not reproduce, "
+        f"{count[None]} not decidable at our scale. Beside them: {others['finding']} findings of ours and "
+        f"{others['check']} checks.",
         "",
     ]
     by_chapter: dict[str, list[dict]] = {}
     for c in claims:
         by_chapter.setdefault(c["chapter"], []).append(c)
-    for chapter, cs in by_chapter.items():
-        text += [
-            f"## [{chapter}](chapters/{chapter}.ipynb)",
-            "",
-            "| claim | paper | measured | verdict | note |",
-            "|---|---|---|---|---|",
-        ]
-        for c in cs:
-            verdict = HOLDS[c["holds"]]
-            if c["holds"] is False and c["id"] in expected:
-                verdict += f" (expected: {expected[c['id']]})"
-            text.append(
-                f"| `{_cell(c['id'])}` | {_cell(c['paper'])} | {_cell(_fmt_measured(c['measured']))} | "
-                f"{_cell(verdict)} | {_cell(c['note'])} |"
-            )
-        text.append("")
+    for stem, cs in by_chapter.items():
+        nb_path = (chapters_dir / f"{stem}.ipynb") if chapters_dir else None
+        title = (
+            chapter_title(json.loads(nb_path.read_text()), stem) if nb_path and nb_path.is_file() else stem
+        )
+        text += [f"## [{title}](chapters/{stem}.ipynb)", ""]
+        for kind in ("paper", "finding", "check"):
+            rows = [c for c in cs if c["kind"] == kind]
+            if not rows:
+                continue
+            text += [f"**{KIND_TITLE[kind]}**", "", "| claim | figure | verdict |", "|---|---|---|"]
+            for c in rows:
+                text.append(
+                    f"| `{_cell(c['id'])}` | {_cell(headline(c['measured']))} | {VERDICT[kind][c['holds']]} |"
+                )
+            text.append("")
+            for c in rows:  # the criterion, the control and, where it did not hold, why: one click away
+                why = expected.get(c["id"], {}).get("reason", "") if c["holds"] is not True else ""
+                body = f"<b>Criterion.</b> {html.escape(c['criterion'])}"
+                if c.get("control_note"):
+                    body += f"<br><b>Control</b> (must fail): {html.escape(c['control_note'])}"
+                if why:
+                    body += f"<br><b>Why not.</b> {html.escape(why)}"
+                summary = f"<code>{html.escape(c['id'])}</code>: criterion"
+                text.append(f"<details><summary>{summary}</summary>{body}</details>")
+            text.append("")
+        records = html.escape(json.dumps(cs, indent=1))
+        text += [f"<details><summary>Full records ({len(cs)})</summary><pre>{records}</pre></details>", ""]
     _atomic_write(dest, "\n".join(text))

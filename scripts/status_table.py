@@ -25,32 +25,50 @@ def load_papers(path: Path = ROOT / "book" / "papers.yml") -> list[dict]:
     return yaml.safe_load(path.read_text())["papers"]
 
 
-def load_verdicts(claims_dir: Path = ROOT / "build" / "claims") -> dict[str, bool | None]:
-    out: dict[str, bool | None] = {}
+def load_verdicts(claims_dir: Path = ROOT / "build" / "claims") -> dict[str, tuple[str, bool | None]]:
+    """Claim id -> (kind, verdict) from the ledger."""
+    out: dict[str, tuple[str, bool | None]] = {}
     for f in sorted(claims_dir.glob("*.json")):
         for c in json.loads(f.read_text()):
-            out[c["id"]] = c["holds"]
+            out[c["id"]] = (c["kind"], c["holds"])
     return out
 
 
-def render(papers: list[dict], verdicts: dict[str, bool | None]) -> str:
+def load_kinds(path: Path = ROOT / "book" / "verdicts.json") -> dict[str, str]:
+    """Claim id -> kind, from the reviewed verdicts (for claims the ledger does not hold yet)."""
+    return {k: v["kind"] for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def _marks(ids: list[str], verdicts: dict[str, tuple[str, bool | None]]) -> str:
+    return " ".join(f"{MARK[verdicts[c][1]] if c in verdicts else '⏳'} `{c}`" for c in ids) or "—"
+
+
+def render(
+    papers: list[dict], verdicts: dict[str, tuple[str, bool | None]], kinds: dict[str, str] | None = None
+) -> str:
+    """The table. A claim listed in papers.yml is a paper claim, a finding or a check as the ledger (else
+    book/verdicts.json) says; findings and checks go to their own column."""
+    kinds = {**(kinds or {}), **{c: v[0] for c, v in verdicts.items()}}
     lines = [
-        "| paper | part | chapter | solver in `companion` | claims checked (✅ reproduced, ❌ not, ➖ not at our scale) |",
-        "|---|---|---|---|---|",
+        "| paper | part | chapter | solver in `companion` | paper claims (✅ reproduced, ❌ not, ➖ not decidable at our scale) | our findings and checks |",
+        "|---|---|---|---|---|---|",
     ]
     for p in papers:
         title = f"[{p['title']}](https://arxiv.org/abs/{p['arxiv']})"
         chapter = f"`{p['chapter']}`" if p.get("chapter") else "planned"
         solver = p.get("solver") or "—"
-        claims = (
-            " ".join(f"{MARK[verdicts[c]] if c in verdicts else '⏳'} `{c}`" for c in p.get("claims", []))
-            or "—"
+        ids = p.get("claims", [])
+        paper = [c for c in ids if kinds.get(c, "paper") == "paper"]
+        other = [c for c in ids if c not in paper]
+        lines.append(
+            f"| {title} | {p['part']} | {chapter} | {solver} | {_marks(paper, verdicts)} | {_marks(other, verdicts)} |"
         )
-        lines.append(f"| {title} | {p['part']} | {chapter} | {solver} | {claims} |")
     covered = sum(1 for p in papers if p.get("chapter"))
     lines += [
         "",
-        f"{covered} of {len(papers)} seed papers have a chapter so far; ⏳ marks a claim not yet executed.",
+        f"{covered} of {len(papers)} seed papers have a chapter so far; ⏳ marks a claim not yet executed. "
+        "Only paper claims count as reproduced or not; the last column holds our findings about the papers' "
+        "code and our consistency checks (book/report.md has every record).",
     ]
     return "\n".join(lines)
 
@@ -69,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text()
-    new = splice(readme, render(load_papers(), load_verdicts()))
+    new = splice(readme, render(load_papers(), load_verdicts(), load_kinds()))
     if args.check:
         if new != readme:
             print("README.md's status table is out of date: run `make book`")

@@ -62,9 +62,24 @@ def test_bibliography_parses_and_cited_keys_exist():
     assert cited <= keys, f"cited but not in references.bib: {sorted(cited - keys)}"
 
 
-def test_expected_nonreproductions_have_reasons():
-    data = json.loads((ROOT / "book" / "expected_nonreproductions.json").read_text())
-    assert all(isinstance(v, str) and len(v.strip()) > 10 for v in data.values())
+def test_every_claim_has_a_reviewed_verdict_and_every_verdict_a_claim():
+    """book/verdicts.json is valid (reasons for every expected False or None) and covers exactly the claims
+    the chapters record."""
+    from test_prose import claim_cells
+
+    from companion.lab import claims
+
+    expected = claims.expected_verdicts(ROOT / "book" / "verdicts.json")
+    recorded = set()
+    for src in CHAPTER_SOURCES:
+        recorded |= set(claim_cells(src)[1])
+    assert recorded == set(expected), (sorted(recorded - set(expected)), sorted(set(expected) - recorded))
+
+
+def _entry(cid, kind, holds, measured, criterion):
+    return {"id": cid, "kind": kind, "paper": "p", "source": "Sec. 1: 'q'" if kind == "paper" else "",
+            "criterion": criterion, "measured": measured, "holds": holds, "control": False if kind == "paper" else None,
+            "control_note": "the baseline" if kind == "paper" else "", "note": "n", "chapter": "01_x", "mode": "default"}  # fmt: skip
 
 
 def test_generated_pages(tmp_path):
@@ -72,32 +87,18 @@ def test_generated_pages(tmp_path):
 
     claims = tmp_path / "claims"
     claims.mkdir()
-    (claims / "01_x.json").write_text(
-        json.dumps(
-            [
-                {
-                    "id": "x.a",
-                    "paper": "p",
-                    "measured": {"e": 1e-9},
-                    "holds": True,
-                    "note": "n",
-                    "chapter": "01_x",
-                },
-                {
-                    "id": "x.b",
-                    "paper": "p",
-                    "measured": 3,
-                    "holds": None,
-                    "note": "no GPU",
-                    "chapter": "01_x",
-                },
-            ]
-        )
+    rows = [
+        _entry(
+            "x.a", "paper", True, {"headline": "3.1x speed-up", "curve": [1, 2]}, "speed-up > 2x at 10 NFE"
+        ),
+        _entry("x.b", "paper", None, 3, "FID at CIFAR-10 scale"),
+        _entry("x.c", "finding", True, {"order": 2.1}, "shipped 3M is order 2"),
+        _entry("x.d", "check", True, {"z": 1.0}, "within 3 SE"),
+    ]
+    (claims / "01_x.json").write_text(json.dumps(rows))
+    (tmp_path / "verdicts.json").write_text(
+        json.dumps({"x.b": {"kind": "paper", "expected": None, "reason": "no GPU"}})
     )
-    write_report(tmp_path / "report.md", claims, tmp_path / "none.json")
-    text = (tmp_path / "report.md").read_text()
-    assert "**2 claims:** 1 reproduced, 0 did not reproduce, 1 not reproducible at this scale." in text
-    assert "| `x.b` | p | 3 | not reproducible at this scale | no GPU |" in text
     chapters = tmp_path / "chapters"
     chapters.mkdir()
     nb = {
@@ -107,6 +108,18 @@ def test_generated_pages(tmp_path):
         },
     }
     (chapters / "01_x.ipynb").write_text(json.dumps(nb))
+    write_report(tmp_path / "report.md", claims, tmp_path / "verdicts.json", chapters)
+    text = (tmp_path / "report.md").read_text()
+    assert "**2 paper claims:** 1 reproduced, 0 did not reproduce, 1 not decidable at our scale." in text
+    assert "1 findings of ours and 1 checks" in text
+    assert "## [Title X](chapters/01_x.ipynb)" in text
+    assert "| `x.a` | 3.1x speed-up | ✅ reproduced |" in text
+    assert "| `x.b` | 3 | ➖ not decidable at our scale |" in text
+    assert "<b>Criterion.</b> FID at CIFAR-10 scale" in text and "<b>Why not.</b> no GPU" in text
+    assert text.index("**Findings") < text.index("`x.c`") < text.index("**Checks") < text.index("`x.d`")
+    assert (
+        "<details><summary>Full records (4)</summary>" in text and "[1, 2]" not in text.split("<details>")[0]
+    )
     write_runtimes(tmp_path / "runtimes.md", chapters, tmp_path / "devices")
     assert (
         "| [Title X](chapters/01_x.ipynb) | quick | 12.5 | unknown | 2026-01-01 00:00:00 |"

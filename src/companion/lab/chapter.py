@@ -30,11 +30,14 @@ def _device_name(dev: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
-def setup(chapter: str, device: str | torch.device | None = "", seed: int = 0) -> torch.device:
-    """Start a chapter: open its claims ledger, seed every generator, pick and record the device."""
+def setup(
+    chapter: str, device: str | torch.device | None = "", seed: int = 0, quick: bool = False
+) -> torch.device:
+    """Start a chapter: open its claims ledger (``quick``: at CI sizes), seed every generator, pick and
+    record the device."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int; got {type(seed).__name__}")
-    claims.chapter(chapter)
+    claims.chapter(chapter, quick=quick)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

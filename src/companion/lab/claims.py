@@ -1,19 +1,35 @@
-"""The claims ledger: how a chapter records what it checked of a paper, and whether it held.
+"""The claims ledger: what a chapter checked, stated before it is computed, and whether it held.
 
-A chapter calls :func:`chapter` once, then :func:`record` for each claim::
+Three kinds of entry:
+
+* ``"paper"``: a statement of a paper (a sentence, a table, a figure), quoted with its location. It needs a
+  negative control: the same criterion computed on an input that must fail it (the baseline in place of the
+  method, a perturbed solver or model, a budget known to be too small). The control must come out False.
+* ``"finding"``: ours, about a paper's code or results (e.g. the shipped DPM-Solver++(3M) coefficient).
+* ``"check"``: an identity or consistency test (e.g. the exact-divergence likelihood).
+
+A chapter calls :func:`chapter` once (``companion.lab.chapter.setup`` does), :func:`state` for each claim
+*before* the cells that compute it (the criterion fixed before the result is seen; a test checks the
+order in every chapter), then :func:`record` with the measured numbers and the verdict::
 
     from companion.lab import claims
-    claims.chapter("01_sde")
-    claims.record("sde.hutchinson", paper="Song et al. 2021", measured={"z": 1.3}, holds=True,
-                 note="Hutchinson estimate within 4 standard errors of the exact divergence")
+    claims.state("sde.pc_vs_predictor", kind="paper", paper=PAPER,
+                 source="Sec. 4.2, Table 1: 'PC samplers generally outperform predictor-only ...'",
+                 criterion="at matched NFE, MMD^2(PC) < MMD^2(predictor) by more than 2 standard errors")
+    ...  # the computation
+    claims.record("sde.pc_vs_predictor", measured={...}, holds=..., control=..., control_note="...")
+
+The verdict (``holds``: True, False, or None where our scale cannot decide, with the reason in ``note``)
+is data: ``book/verdicts.json`` holds the reviewed expected verdict of every claim, and :func:`record` raises
+:class:`VerdictChanged` when a measured verdict differs from it, in either direction, or when a claim has
+no reviewed entry; it raises :class:`ControlPassed` when a control comes out True. Either fails the
+chapter, ``make book`` and ``make test``. In quick mode (CI) a chapter may shrink sizes, never power:
+where the quick sizes cannot resolve a criterion it records None with that reason, and the file's
+``"quick"`` entry says so. Outside a checkout (a chapter run alone, e.g. on Colab) there is no verdicts
+file and only the control is enforced.
 
 Claims land in ``build/claims/<chapter>.json`` (relative to the repository root, or to
-``$COMPANION_CLAIMS_DIR``) as a list of objects with exactly the keys ``id, paper, measured, holds,
-note, chapter``. ``holds`` is ``True``, ``False``, or ``None`` for "not reproducible at this scale"
-(the reason goes in ``note``). A claim with ``holds=False`` raises ``ClaimFailed`` -- which fails the
-chapter, ``make book`` and ``make test`` -- unless its id is listed, with a reason, in
-``book/expected_nonreproductions.json``: a paper claim that does not reproduce here is a finding
-to record, not a reason to weaken the check.
+``$COMPANION_CLAIMS_DIR``), a list of objects with exactly the keys :data:`KEYS`.
 """
 
 from __future__ import annotations
@@ -27,23 +43,53 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "KINDS",
+    "KEYS",
     "chapter",
+    "state",
     "record",
     "load_claims",
-    "expected_nonreproductions",
-    "ClaimFailed",
+    "expected_verdicts",
+    "ClaimError",
+    "VerdictChanged",
+    "ControlPassed",
     "glue",
     "claims_dir",
+    "is_quick",
 ]
 
-KEYS = ("id", "paper", "measured", "holds", "note", "chapter")
+KINDS = ("paper", "finding", "check")
+KEYS = (
+    "id",
+    "kind",
+    "paper",
+    "source",
+    "criterion",
+    "measured",
+    "holds",
+    "control",
+    "control_note",
+    "note",
+    "chapter",
+    "mode",
+)
 
 
-class ClaimFailed(AssertionError):
-    """A paper claim that the chapter checked did not hold and is not an expected non-reproduction."""
+class ClaimError(AssertionError):
+    """A claim that cannot be recorded as it stands (the build fails)."""
+
+
+class VerdictChanged(ClaimError):
+    """A measured verdict differs from the reviewed expected one in book/verdicts.json (or has none)."""
+
+
+class ControlPassed(ClaimError):
+    """A negative control met the criterion: the criterion cannot tell the method from its control."""
 
 
 _current: str | None = None
+_quick = False
+_stated: dict[str, dict[str, str]] = {}
 
 
 def repo_root() -> Path:
@@ -60,26 +106,53 @@ def claims_dir() -> Path:
     return Path(env) if env else repo_root() / "build" / "claims"
 
 
-def expected_nonreproductions(path: str | Path | None = None) -> dict[str, str]:
-    """Claim ids that are known not to reproduce at our scale, mapped to the reason."""
-    p = Path(path) if path else repo_root() / "book" / "expected_nonreproductions.json"
+def verdicts_path() -> Path:
+    """``book/verdicts.json`` of the checkout, or ``$COMPANION_VERDICTS`` if set."""
+    env = os.environ.get("COMPANION_VERDICTS")
+    return Path(env) if env else repo_root() / "book" / "verdicts.json"
+
+
+def expected_verdicts(path: str | Path | None = None) -> dict[str, dict] | None:
+    """The reviewed expected verdicts, by claim id: ``{"kind": ..., "expected": true | false | null,
+    "quick": <the same, when quick mode differs>, "reason": "..."}`` (a reason is required for false and
+    null). None when there is no file (a chapter run outside the checkout)."""
+    p = Path(path) if path else verdicts_path()
     if not p.is_file():
-        return {}
+        return None
     data = json.loads(p.read_text())
-    if not isinstance(data, dict) or not all(isinstance(v, str) and v.strip() for v in data.values()):
-        raise ValueError(f"{p} must map claim ids to non-empty reason strings")
+    if not isinstance(data, dict):
+        raise ValueError(f"{p} must map claim ids to their expected verdicts")
+    for cid, e in data.items():
+        if not isinstance(e, dict) or e.get("kind") not in KINDS or "expected" not in e:
+            raise ValueError(f"{p}: {cid!r} needs 'kind' (one of {list(KINDS)}) and 'expected'")
+        for key in ("expected", "quick"):
+            if key in e and e[key] not in (True, False, None):
+                raise ValueError(f"{p}: {cid!r}: {key!r} must be true, false or null")
+        if (e["expected"] is not True or e.get("quick", True) is not True) and not str(
+            e.get("reason", "")
+        ).strip():
+            raise ValueError(f"{p}: {cid!r}: a false or null expected verdict needs its 'reason'")
     return data
 
 
-def chapter(name: str) -> None:
+def is_quick() -> bool:
+    """Whether the current chapter runs in quick mode (CI sizes)."""
+    return _quick
+
+
+def chapter(name: str, quick: bool = False) -> None:
     """Start a chapter's ledger: later :func:`record` calls land in ``<claims_dir>/<name>.json``.
 
-    The file is emptied here, so re-running a chapter never keeps stale claims.
+    The file is emptied here, so re-running a chapter never keeps stale claims. ``quick``: the chapter runs
+    at its quick (CI) sizes, whose expected verdicts may be None (``"quick"`` in book/verdicts.json).
     """
-    global _current
+    global _current, _quick
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ValueError(f"chapter name must be a non-empty file stem without '/'; got {name!r}")
-    _current = name
+    if not isinstance(quick, bool):
+        raise TypeError(f"quick must be True or False; got {quick!r}")
+    _current, _quick = name, quick
+    _stated.clear()
     _write(name, [])
 
 
@@ -120,54 +193,109 @@ def load_claims(name: str | None = None) -> list[dict]:
     return out
 
 
+def _text(value: Any, name: str, cid: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"claim {cid!r}: {name} must be a non-empty string; got {value!r}")
+    return value
+
+
+def state(id: str, *, kind: str, paper: str, criterion: str, source: str = "") -> None:
+    """Declare a claim and its criterion before the cells that compute it.
+
+    ``kind``: ``"paper"`` (``source`` is then the paper's statement, quoted, with its location), ``"finding"``
+    or ``"check"``. ``criterion``: what will be computed and the threshold that decides, in words.
+    """
+    if _current is None:
+        raise RuntimeError("call companion.lab.claims.chapter(<name>) before state()")
+    _text(id, "id", str(id))
+    if kind not in KINDS:
+        raise ValueError(f"claim {id!r}: kind must be one of {list(KINDS)}; got {kind!r}")
+    _text(paper, "paper", id)
+    _text(criterion, "criterion", id)
+    if kind == "paper":
+        _text(source, "source (the paper's statement, quoted, with its location)", id)
+    elif not isinstance(source, str):
+        raise TypeError(f"claim {id!r}: source must be a string; got {type(source).__name__}")
+    _stated[id] = {"kind": kind, "paper": paper, "source": source, "criterion": criterion}
+
+
+def _verdict(value: Any, name: str, cid: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if hasattr(value, "item") and isinstance(value.item(), bool):  # numpy / torch booleans
+        return bool(value.item())
+    raise TypeError(f"claim {cid!r}: {name} must be True, False or None; got {type(value).__name__}")
+
+
 def record(
     id: str,
     *,
-    paper: str,
     measured: Any,
     holds: bool | None,
+    control: bool | None = None,
+    control_note: str = "",
     note: str = "",
 ) -> dict:
-    """Record one claim of the current chapter and return it.
+    """Record the verdict of the claim ``id`` stated earlier with :func:`state`, and return the entry.
 
-    Raises ``ClaimFailed`` when ``holds`` is False and the id is not an expected non-reproduction.
+    ``control``: the criterion evaluated on the negative control (required for a paper claim; it must be
+    False), ``control_note`` says what the control is. Raises :class:`ControlPassed` when the control is
+    True and :class:`VerdictChanged` when ``holds`` differs from book/verdicts.json; the entry is written
+    to the ledger first, so the report shows what was measured.
     """
     if _current is None:
         raise RuntimeError("call companion.lab.claims.chapter(<name>) before record()")
-    if not isinstance(id, str) or not id:
-        raise ValueError(f"id must be a non-empty string; got {id!r}")
-    if not isinstance(paper, str) or not paper:
-        raise ValueError(f"paper must be a non-empty string; got {paper!r}")
-    if holds is not None and not isinstance(holds, bool):
-        # numpy / torch booleans are accepted, anything else is a mistake.
-        if hasattr(holds, "item") and isinstance(holds.item(), bool):
-            holds = bool(holds.item())
-        else:
-            raise TypeError(f"holds must be True, False or None; got {type(holds).__name__}")
-    if not isinstance(note, str):
-        raise TypeError(f"note must be a string; got {type(note).__name__}")
+    if id not in _stated:
+        raise ClaimError(f"claim {id!r} was not stated: call claims.state({id!r}, ...) before computing it")
+    stated = _stated[id]
+    holds = _verdict(holds, "holds", id)
+    control = _verdict(control, "control", id)
+    if not isinstance(note, str) or not isinstance(control_note, str):
+        raise TypeError(f"claim {id!r}: note and control_note must be strings")
     if holds is None and not note.strip():
-        raise ValueError(
-            f"claim {id!r}: holds=None (not reproducible at this scale) needs the reason in note"
-        )
-    claim = {
+        raise ValueError(f"claim {id!r}: holds=None (not decidable at this scale) needs the reason in note")
+    if stated["kind"] == "paper":
+        if control is None and holds is not None:
+            raise ClaimError(f"claim {id!r}: a paper claim needs its negative control (control=True/False)")
+    if control is not None and not control_note.strip():
+        raise ValueError(f"claim {id!r}: say what the control is in control_note")
+    entry = {
         "id": id,
-        "paper": paper,
+        **stated,
         "measured": _jsonable(measured),
         "holds": holds,
+        "control": control,
+        "control_note": control_note,
         "note": note,
         "chapter": _current,
+        "mode": "quick" if _quick else "default",
     }
-    claims = [c for c in load_claims(_current) if c["id"] != id] + [claim]
-    _write(_current, claims)
-    if holds is False:
-        expected = expected_nonreproductions()
-        if id not in expected:
-            raise ClaimFailed(
-                f"claim {id!r} did not hold (measured {claim['measured']!r}); if this is a genuine "
-                "non-reproduction at our scale, list it with its reason in book/expected_nonreproductions.json"
+    entry = {k: entry[k] for k in KEYS}
+    _write(_current, [c for c in load_claims(_current) if c["id"] != id] + [entry])
+    if control is True:
+        raise ControlPassed(
+            f"claim {id!r}: the negative control ({control_note}) meets the criterion too, so the criterion "
+            "cannot tell the method from the control; fix the criterion, never the control"
+        )
+    expected = expected_verdicts()
+    if expected is not None:
+        e = expected.get(id)
+        if e is None:
+            raise VerdictChanged(
+                f"claim {id!r} has no reviewed expected verdict in {verdicts_path()}: add it (measured holds={holds})"
             )
-    return claim
+        want = e.get("quick", e["expected"]) if _quick else e["expected"]
+        if e["kind"] != stated["kind"]:
+            raise VerdictChanged(
+                f"claim {id!r}: kind {stated['kind']!r}, book/verdicts.json says {e['kind']!r}"
+            )
+        if holds is not want:
+            raise VerdictChanged(
+                f"claim {id!r}: measured holds={holds} in {entry['mode']} mode, expected {want} "
+                f"({e.get('reason', 'no reason given')}); measured {entry['measured']!r}. A changed verdict is a "
+                "finding to review, never a reason to move a threshold"
+            )
+    return entry
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
