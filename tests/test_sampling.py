@@ -198,3 +198,11 @@ def test_the_lab_loads_on_first_use():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_invert_names_its_bad_arguments():
+    g = Gaussian(torch.zeros(2, dtype=torch.float64), 1.0)
+    with pytest.raises(TypeError, match="x_0 must be a floating-point tensor"):
+        cp.invert(g.model(VP, "eps"), torch.zeros(2, 2, dtype=torch.long), schedule=VP)
+    with pytest.raises(ValueError, match="option order=5"):
+        cp.invert(g.model(VP, "eps"), torch.zeros(2, 2), schedule=VP, solver="unipc", order=5)

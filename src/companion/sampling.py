@@ -36,17 +36,15 @@ def _solver(solver: str | S.Solver, options: dict[str, Any]) -> S.Solver:
     return S.build(solver, **options)
 
 
-def _check_common(x: Tensor, schedule: Schedule, compat: str | None, steps: int) -> None:
+def _check_common(x: Tensor, name: str, schedule: Schedule, compat: str | None, steps: int) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
-        raise TypeError("x_T must be a floating-point tensor of shape (B, ...)")
+        raise TypeError(f"{name} must be a floating-point tensor of shape (B, ...)")
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a companion.schedules.Schedule; got {type(schedule).__name__}")
     if compat not in _LOF:
         raise ValueError(f"compat must be one of {list(_LOF)}; got {compat!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int; got {steps!r}")
-    if x.dim() < 1:
-        raise TypeError("x must have a batch dimension")
 
 
 def _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho):
@@ -112,7 +110,7 @@ def sample(
     """
     prediction = P.canonical(prediction)
     built = _solver(solver, options)
-    _check_common(x_T, schedule, compat, steps)
+    _check_common(x_T, "x_T", schedule, compat, steps)
     if callback is not None and not callable(callback):
         raise TypeError(
             f"callback must be callable(i, t, x, denoised) or None; got {type(callback).__name__}"
@@ -214,7 +212,7 @@ def invert(
             f"solver {built.name!r} with these options cannot invert (stochastic, or adaptive step sizes); "
             "use a deterministic fixed-grid solver such as 'ddim', 'dpmsolver++' or 'unipc'"
         )
-    _check_common(x_0, schedule, None, steps)
+    _check_common(x_0, "x_0", schedule, None, steps)
     make_grid, steps, _ = _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho)
     up = make_grid(steps).flip(0)
     return _run(

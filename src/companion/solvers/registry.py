@@ -223,8 +223,7 @@ class Solver:
 
     @classmethod
     def orders(cls) -> tuple[int, ...]:
-        opt = cls.options()["order"]
-        return tuple(v for v in range(1, 9) if opt.check_value(v))
+        return tuple(cls.options()["order"].values)
 
     @property
     def stochastic(self) -> bool:
@@ -262,8 +261,8 @@ def register(name: str, doc: str):
             raise ValueError(f"solver {name!r} is already registered ({_REGISTRY[name].__name__})")
         cls.name, cls.doc = name, doc
         out = dataclass(frozen=True)(cls)
-        if "order" not in out.options():
-            raise TypeError(f"{cls.__name__} must declare the option 'order'")
+        if "order" not in out.options() or out.options()["order"].values is None:
+            raise TypeError(f"{cls.__name__} must declare the option 'order' as a choice of orders")
         _REGISTRY[name] = out
         return out
 
