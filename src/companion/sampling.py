@@ -159,11 +159,6 @@ def _run(
     first = make_grid(steps)
     if first.dim() == 2 and first.shape[1] != x.shape[0]:
         raise ValueError(f"per-sample times must have B = {x.shape[0]} columns; got {first.shape[1]}")
-    method = getattr(built, "method", "multistep")
-    if method == "singlestep_fixed" and steps < built.order:
-        raise ValueError(
-            f"steps must be >= order ({built.order}) for method 'singlestep_fixed'; got steps={steps}"
-        )
     prob = S.Problem(
         model=model,
         schedule=schedule,

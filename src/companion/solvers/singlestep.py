@@ -83,8 +83,8 @@ def _stage_weights(p: int, r: tuple[Tensor, ...], h: Tensor, k: int, variant: st
 def run_singlestep(prob: Problem, pred: str, order: int, method: str, variant: str) -> Tensor:
     x, steps = prob.x, prob.steps
     diffusers = prob.compat == "diffusers"
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
+    if method == "singlestep_fixed" and steps < order:  # checked before any model call
+        raise ValueError(f"steps must be >= order ({order}) for method 'singlestep_fixed'; got steps={steps}")
     if diffusers or prob.grid_name is None or prob.grid_name != "logsnr":
         fine = prob.grid(steps)
         final_zero = not bool(torch.isfinite(prob.schedule.lambda_(fine[-1])).all())
