@@ -31,6 +31,7 @@ CLAIMS = BUILD / "claims"
 DEVICES = BUILD / "devices"
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import bookconfig  # noqa: E402
 import status_table  # noqa: E402
 from bookpages import write_report, write_runtimes  # noqa: E402
 
@@ -53,8 +54,10 @@ def fingerprint(src: Path, params: dict) -> str:
         h,
         [p for p in (ROOT / "src" / "companion").rglob("*") if p.is_file() and "__pycache__" not in p.parts],
     )
-    _hash_files(h, [p for p in (ROOT / "models").glob("*") if p.is_file()])
+    # src/companion (above) includes the shipped weights; a local models/ folder overrides them by name.
+    _hash_files(h, sorted(p for p in (ROOT / "models").glob("*") if p.is_file()))
     _hash_files(h, [ROOT / "requirements.lock"])
+    h.update(json.dumps(bookconfig.repository()).encode())  # the Colab cell's URL
     h.update(json.dumps(params, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -83,15 +86,13 @@ def postprocess(nb) -> None:
 
 
 def execute(src: Path, params: dict) -> float:
-    import jupytext
     import nbformat
     import papermill
 
     stem = src.stem
     EXEC.mkdir(parents=True, exist_ok=True)
     CHAPTERS.mkdir(parents=True, exist_ok=True)
-    nb = jupytext.read(src)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = bookconfig.read_chapter(src)  # the Colab cell names the repository of _config.yml
     inp, out = EXEC / f"{stem}.ipynb", EXEC / f"{stem}.out.ipynb"
     nbformat.write(nb, inp)
     env_before = dict(os.environ)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ def clf():
 def copy_of(tmp_path):
     def make(name):
         for ext in (".safetensors", ".json"):
-            shutil.copy(models.models_dir() / f"{name}{ext}", tmp_path / f"{name}{ext}")
+            shutil.copy(models.shipped_dir() / f"{name}{ext}", tmp_path / f"{name}{ext}")
         return tmp_path
 
     return make
@@ -54,8 +55,8 @@ def copy_of(tmp_path):
 def test_every_recipe_is_shipped_and_small():
     from companion.lab.train import RECIPES
 
-    assert sorted(models.available()) == sorted(SHIPPED) == sorted(RECIPES)
-    total = sum((models.models_dir() / f"{n}.safetensors").stat().st_size for n in SHIPPED)
+    assert sorted(models.available(models.shipped_dir())) == sorted(SHIPPED) == sorted(RECIPES)
+    total = sum((models.shipped_dir() / f"{n}.safetensors").stat().st_size for n in SHIPPED)
     assert total <= 5 * 2**20, f"weights total {total / 2**20:.2f} MiB > 5 MiB"
 
 
@@ -74,7 +75,7 @@ def test_cards_are_complete_and_hashes_match(name):
         "config",
     ):
         assert key in card, key
-    assert card["sha256"] == models.sha256(models.models_dir() / card["file"])
+    assert card["sha256"] == models.sha256(models.shipped_dir() / card["file"])
     m = models.load(name)
     assert not any(p.requires_grad for p in m.net.parameters())
 
@@ -127,6 +128,39 @@ def test_card_that_does_not_fit_the_weights_names_the_file(copy_of):
     card_path.write_text(json.dumps({**card, "config": {**card["config"], "hidden": 64}}))
     with pytest.raises(models.WeightsError, match=r"moons-mlp-eps\.safetensors.*does not fit"):
         models.load("moons-mlp-eps", root)
+
+
+def test_shipped_weights_are_package_data_and_the_local_folder_overrides_them(tmp_path, monkeypatch):
+    """Search order: $COMPANION_MODELS (the local folder) by name, then the weights inside the package."""
+    name = "moons-mlp-eps"
+    assert models.shipped_dir().parent == Path(models.__file__).resolve().parent
+    monkeypatch.setenv("COMPANION_MODELS", str(tmp_path))
+    assert models.locate(name) == models.shipped_dir()  # nothing local yet: the shipped copy
+    assert models.load(name).card["sha256"] == models.load_card(name, models.shipped_dir())["sha256"]
+    # A retrained model in the local folder (here: the shipped one with a perturbed weight) wins by name.
+    m = models.load(name)
+    with torch.no_grad():
+        next(iter(m.net.parameters())).add_(1.0)
+    models.save(m.net, name, {k: v for k, v in m.card.items() if k not in ("file", "sha256", "bytes")})
+    assert (tmp_path / f"{name}.safetensors").is_file()  # save() writes to the local folder, never the package
+    assert models.locate(name) == tmp_path
+    local = models.load(name)
+    assert local.card["sha256"] != models.load_card(name, models.shipped_dir())["sha256"]
+    p0 = next(iter(local.net.parameters()))
+    p1 = next(iter(models.load(name, models.shipped_dir()).net.parameters()))
+    assert torch.equal(p0, p1 + 1.0)
+    assert models.locate("digits-classifier") == models.shipped_dir()  # other names still come from the package
+    assert name in models.available() and "digits-unet-eps" in models.available()
+
+
+def test_local_folder_is_models_in_a_checkout(monkeypatch):
+    monkeypatch.delenv("COMPANION_MODELS", raising=False)
+    root = Path(models.__file__).resolve().parents[4]
+    if (root / "pyproject.toml").is_file():  # a source checkout (editable install or PYTHONPATH=src)
+        assert models.models_dir() == root / "models"
+    else:  # an installed package: ./models in the working directory
+        assert models.models_dir() == Path.cwd() / "models"
+    assert models.search_path() == [models.models_dir(), models.shipped_dir()]
 
 
 def test_bad_names_are_rejected():

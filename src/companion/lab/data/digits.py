@@ -20,7 +20,7 @@ def _load() -> tuple[Tensor, Tensor]:
         from sklearn.datasets import load_digits
     except ImportError as e:  # scikit-learn is a `book` extra, not a core dependency
         raise ImportError(
-            "companion.lab.data.digits needs scikit-learn: pip install 'companion[book]'"
+            "companion.lab.data.digits needs scikit-learn: pip install 'companion[data]'"
         ) from e
     d = load_digits()
     x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0

@@ -1,11 +1,25 @@
-"""Small networks the project trains and ships (``models/`` at the repository root), and their loader.
+"""Small networks the project trains and ships (package data, ``weights/`` here), and their loader.
+
+A local ``models/`` folder (``make models``) overrides the shipped weights by name; see :mod:`.io`.
 
 >>> import companion as cp
 >>> m = cp.models.load("digits-unet-eps")          # checks the weights' SHA-256 against the card
 >>> eps = m.cond(y=torch.arange(10), guidance=2.0)  # (x, t) -> guided eps for the solvers
 """
 
-from .io import Model, WeightsError, available, load, load_card, models_dir, save, sha256
+from .io import (
+    Model,
+    WeightsError,
+    available,
+    load,
+    load_card,
+    locate,
+    models_dir,
+    save,
+    search_path,
+    sha256,
+    shipped_dir,
+)
 from .nets import ARCHITECTURES, DigitsClassifier, DigitsUNet, MLPScore, TimeEmbedding
 
 __all__ = [
@@ -14,6 +28,9 @@ __all__ = [
     "save",
     "available",
     "models_dir",
+    "shipped_dir",
+    "search_path",
+    "locate",
     "sha256",
     "Model",
     "WeightsError",

@@ -1,9 +1,18 @@
 """Weights as safetensors plus a JSON card; loading validates both and never unpickles anything.
 
-A model ``name`` is two files in the models directory: ``name.safetensors`` (the float32 weights) and
-``name.json`` (the card: architecture and config, recipe, seed, steps, final loss, training time,
-quality figures, and the SHA-256 of the weights file). :func:`load` checks the hash before reading
-the tensors, so a truncated or altered file fails with an error naming it instead of loading garbage.
+A model ``name`` is two files: ``name.safetensors`` (the float32 weights) and ``name.json`` (the card:
+architecture and config, recipe, seed, steps, final loss, training time, quality figures, and the SHA-256
+of the weights file). :func:`load` checks the hash before reading the tensors, so a truncated or altered
+file fails with an error naming it instead of loading garbage.
+
+Where a model is found (:func:`search_path`, first match by name wins):
+
+1. ``$COMPANION_MODELS``, when set;
+2. the local ``models/`` folder: the repository's ``models/`` in a source checkout, else ``./models`` in the
+   working directory. ``make models`` and ``python -m companion.lab.train`` write there, so a retrained
+   model overrides the shipped one of the same name;
+3. the weights shipped inside the package (``companion/lab/models/weights/``, package data), so a plain
+   ``pip install`` (Colab) loads every model the chapters use.
 """
 
 from __future__ import annotations
@@ -23,17 +32,66 @@ from ...parameterization import classifier_free_guidance
 from ...schedules import Schedule, get_schedule
 from .nets import ARCHITECTURES
 
-__all__ = ["WeightsError", "models_dir", "sha256", "save", "load", "load_card", "Model", "available"]
+__all__ = [
+    "WeightsError",
+    "models_dir",
+    "shipped_dir",
+    "search_path",
+    "locate",
+    "sha256",
+    "save",
+    "load",
+    "load_card",
+    "Model",
+    "available",
+]
 
 
 class WeightsError(RuntimeError):
     """A weights file or its card is missing, corrupted, or does not match its architecture."""
 
 
+def shipped_dir() -> Path:
+    """The weights and cards shipped inside the package (package data)."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def _checkout_root() -> Path | None:
+    """The repository root when the package runs from a source checkout (``src/companion``), else None."""
+    here = Path(__file__).resolve()
+    root = here.parents[4]
+    if here.parents[3].name == "src" and (root / "pyproject.toml").is_file():
+        return root
+    return None
+
+
 def models_dir() -> Path:
-    """``$COMPANION_MODELS`` if set, else the repository's ``models/`` next to ``src/``."""
+    """The local models folder, where training writes by default and which overrides the shipped weights.
+
+    ``$COMPANION_MODELS`` if set; else the repository's ``models/`` in a source checkout; else ``./models``.
+    """
     env = os.environ.get("COMPANION_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[4] / "models"
+    if env:
+        return Path(env)
+    root = _checkout_root()
+    return root / "models" if root is not None else Path.cwd() / "models"
+
+
+def search_path() -> list[Path]:
+    """The folders :func:`load` searches, in order: the local models folder, then the shipped weights."""
+    return [models_dir(), shipped_dir()]
+
+
+def locate(name: str) -> Path:
+    """The folder that holds model ``name``'s card: the first of :func:`search_path` that has it.
+
+    When none has it, the shipped folder (so that the error names the file a plain install should have).
+    """
+    _check_name(name)
+    for d in search_path():
+        if (d / f"{name}.json").is_file():
+            return d
+    return shipped_dir()
 
 
 def sha256(path: str | Path) -> str:
@@ -44,15 +102,24 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _paths(name: str, root: str | Path | None) -> tuple[Path, Path]:
+def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or "/" in name or "\\" in name:
         raise ValueError(f"name must be a model name such as 'digits-unet-eps' (no path); got {name!r}")
-    d = Path(root) if root is not None else models_dir()
+
+
+def _paths(name: str, root: str | Path | None, *, writing: bool = False) -> tuple[Path, Path]:
+    _check_name(name)
+    if root is not None:
+        d = Path(root)
+    else:
+        d = models_dir() if writing else locate(name)
     return d / f"{name}.safetensors", d / f"{name}.json"
 
 
 def save(net: nn.Module, name: str, card: dict[str, Any], root: str | Path | None = None) -> Path:
     """Write ``name.safetensors`` (contiguous float32 tensors in sorted-key order) and ``name.json``.
+
+    ``root`` defaults to the local models folder (:func:`models_dir`), never to the shipped weights.
 
     The card must name ``arch`` (a key of :data:`~companion.lab.models.nets.ARCHITECTURES`) and ``config``
     (its constructor arguments); ``file``, ``sha256`` and ``bytes`` are filled in here.
@@ -61,7 +128,7 @@ def save(net: nn.Module, name: str, card: dict[str, Any], root: str | Path | Non
 
     if card.get("arch") not in ARCHITECTURES:
         raise ValueError(f"card['arch'] must be one of {sorted(ARCHITECTURES)}; got {card.get('arch')!r}")
-    w_path, c_path = _paths(name, root)
+    w_path, c_path = _paths(name, root, writing=True)
     w_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(net.state_dict().items())}
     # No metadata: the bytes depend on the weights alone, so equal weights give equal hashes.
@@ -173,7 +240,7 @@ class Model:
 
 
 def load(name: str, root: str | Path | None = None, device: str | torch.device = "cpu") -> Model:
-    """Load model ``name`` (e.g. ``"digits-unet-eps"``) from ``root`` (default :func:`models_dir`).
+    """Load model ``name`` (e.g. ``"digits-unet-eps"``) from ``root`` (default: :func:`locate`).
 
     Raises :class:`WeightsError` naming the file when the weights or card are missing, the weights'
     SHA-256 differs from the card's, or the tensors do not fit the card's architecture.
@@ -194,6 +261,6 @@ def load(name: str, root: str | Path | None = None, device: str | torch.device =
 
 
 def available(root: str | Path | None = None) -> list[str]:
-    """Names of the models with a card in ``root``."""
-    d = Path(root) if root is not None else models_dir()
-    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+    """Names of the models with a card in ``root`` (default: in any folder of :func:`search_path`)."""
+    dirs = [Path(root)] if root is not None else search_path()
+    return sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.json")})
