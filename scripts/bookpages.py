@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -102,9 +103,92 @@ VERDICT = {
 }
 
 
+def _md_text(heading: str) -> str:
+    """A MyST heading's text as Sphinx sees it: markup, roles and link targets dropped."""
+    t = re.sub(r"\{[a-z:-]+\}`([^`]*)`", r"\1", heading)  # {role}`text`
+    t = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", t)  # [text](target)
+    return re.sub(r"[`*$\\]", "", t).strip()
+
+
+def section_anchor(nb: dict, cid: str) -> tuple[str, str] | None:
+    """(section title, HTML id) of the section that measures claim ``cid``: the heading above the cell that
+    records it (``claims.record(`` with the id written out), else above the first cell naming the id."""
+    from docutils.nodes import make_id
+
+    literal = (f'"{cid}"', f"'{cid}'")
+    cells = nb.get("cells", [])
+    for want_record in (True, False):
+        heading = None
+        for cell in cells:
+            src = "".join(cell.get("source", ""))
+            if cell.get("cell_type") == "markdown":
+                for line in src.splitlines():
+                    m = re.match(r"(#{2,6})\s+(.*)", line)
+                    if m:
+                        heading = _md_text(m.group(2))
+                continue
+            if any(q in src for q in literal) and ("claims.record(" in src or not want_record):
+                return (heading, make_id(heading)) if heading else None
+    return None
+
+
+def _measured_json(m: object) -> str:
+    """The full measured record, indented, with floats at 6 significant digits."""
+
+    def short(v: object) -> object:
+        if isinstance(v, float):
+            return float(f"{v:.6g}")
+        if isinstance(v, list):
+            return [short(x) for x in v]
+        if isinstance(v, dict):
+            return {k: short(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(short(m), indent=1)
+
+
+def _claim_row(c: dict, expected: dict, chapter_html: str, anchor: tuple[str, str] | None) -> str:
+    e = html.escape
+    kind = c["kind"]
+    where = (
+        f' <a class="claim-where" href="{chapter_html}#{anchor[1]}">measured in § {e(anchor[0])}</a>'
+        if anchor
+        else ""
+    )
+    why = expected.get(c["id"], {}).get("reason", "") if c["holds"] is not True else ""
+    body = [f"<p><b>Criterion.</b> {e(c['criterion'])}</p>"]
+    if c.get("source"):
+        body.append(f"<p><b>Source.</b> {e(c['source'])}</p>")
+    if c.get("control_note"):
+        body.append(
+            f"<p><b>Control</b> (must come out False, came out {c['control']}): {e(c['control_note'])}</p>"
+        )
+    if why:
+        body.append(f"<p><b>Why not.</b> {e(why)}</p>")
+    if c.get("note"):
+        body.append(f"<p><b>Note.</b> {e(c['note'])}</p>")
+    body.append(f"<p><b>Measured</b> ({c['mode']} mode):</p><pre>{e(_measured_json(c['measured']))}</pre>")
+    verdict = VERDICT[kind][c["holds"]].split(" ", 1)[1]  # the words; the mark comes from the CSS class
+    state = {True: "yes", False: "no", None: "open"}[c["holds"]]
+    return (
+        f'<div class="claim-row" id="claim-{e(c["id"].replace(".", "-"))}">'
+        f'<div class="claim-text">{e(c.get("claim") or c["criterion"])}'
+        f'<br><code class="claim-id">{e(c["id"])}</code>{where}</div>'
+        f'<div class="claim-figure"><span class="claim-label">measured </span>{e(headline(c["measured"]))}</div>'
+        f'<div class="claim-verdict claim-{state}">{e(verdict)}</div>'
+        f"<details><summary>criterion, control and the full record</summary>{''.join(body)}</details>"
+        "</div>"
+    )
+
+
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}" + ("" if k == 1 else "s")
+
+
 def write_report(dest: Path, claims_dir: Path, verdicts_file: Path, chapters_dir: Path | None = None) -> None:
-    """book/report.md: per chapter (by title), paper claims apart from findings and checks, a sentence,
-    one figure and the verdict per row; the full records in a collapsed block."""
+    """book/report.md (and book/report-claims.json, every record): per chapter, by title and linked, paper
+    claims apart from findings and checks; one row per claim with the claim in a sentence, the headline
+    figure, the verdict and a link to the section that measures it; the rest one click away."""
     expected = json.loads(verdicts_file.read_text()) if verdicts_file.is_file() else {}
     claims = []
     for f in sorted(claims_dir.glob("*.json")):
@@ -112,6 +196,8 @@ def write_report(dest: Path, claims_dir: Path, verdicts_file: Path, chapters_dir
     paper = [c for c in claims if c["kind"] == "paper"]
     count = {k: sum(1 for c in paper if c["holds"] is k) for k in (True, False, None)}
     others = {k: sum(1 for c in claims if c["kind"] == k) for k in ("finding", "check")}
+    records = dest.with_name(f"{dest.stem}-claims.json")
+    _atomic_write(records, json.dumps(claims, indent=1) + "\n")
     text = [
         "# Reproduction report",
         "",
@@ -121,8 +207,9 @@ def write_report(dest: Path, claims_dir: Path, verdicts_file: Path, chapters_dir
         "verdict matches the reviewed one in `book/verdicts.json`: a change in either direction fails the build.",
         "",
         f"**{len(paper)} paper claims:** {count[True]} reproduced, {count[False]} did not reproduce, "
-        f"{count[None]} not decidable at our scale. Beside them: {others['finding']} findings of ours and "
-        f"{others['check']} checks.",
+        f"{count[None]} not decidable at our scale. Beside them: {_n(others['finding'], 'finding')} of ours and "
+        f"{_n(others['check'], 'check')}. Each row links to the section that measures the claim; its criterion, "
+        f"control and full record open under it, and every record is in {{download}}`{records.name}`.",
         "",
     ]
     by_chapter: dict[str, list[dict]] = {}
@@ -130,30 +217,20 @@ def write_report(dest: Path, claims_dir: Path, verdicts_file: Path, chapters_dir
         by_chapter.setdefault(c["chapter"], []).append(c)
     for stem, cs in by_chapter.items():
         nb_path = (chapters_dir / f"{stem}.ipynb") if chapters_dir else None
-        title = (
-            chapter_title(json.loads(nb_path.read_text()), stem) if nb_path and nb_path.is_file() else stem
-        )
+        nb = json.loads(nb_path.read_text()) if nb_path and nb_path.is_file() else {}
+        title = chapter_title(nb, stem)
         text += [f"## [{title}](chapters/{stem}.ipynb)", ""]
         for kind in ("paper", "finding", "check"):
             rows = [c for c in cs if c["kind"] == kind]
             if not rows:
                 continue
-            text += [f"**{KIND_TITLE[kind]}**", "", "| claim | figure | verdict |", "|---|---|---|"]
-            for c in rows:
-                text.append(
-                    f"| `{_cell(c['id'])}` | {_cell(headline(c['measured']))} | {VERDICT[kind][c['holds']]} |"
-                )
-            text.append("")
-            for c in rows:  # the criterion, the control and, where it did not hold, why: one click away
-                why = expected.get(c["id"], {}).get("reason", "") if c["holds"] is not True else ""
-                body = f"<b>Criterion.</b> {html.escape(c['criterion'])}"
-                if c.get("control_note"):
-                    body += f"<br><b>Control</b> (must fail): {html.escape(c['control_note'])}"
-                if why:
-                    body += f"<br><b>Why not.</b> {html.escape(why)}"
-                summary = f"<code>{html.escape(c['id'])}</code>: criterion"
-                text.append(f"<details><summary>{summary}</summary>{body}</details>")
-            text.append("")
-        records = html.escape(json.dumps(cs, indent=1))
-        text += [f"<details><summary>Full records ({len(cs)})</summary><pre>{records}</pre></details>", ""]
+            text += [f"**{KIND_TITLE[kind]}**", ""]
+            html_rows = [
+                _claim_row(c, expected, f"chapters/{stem}.html", section_anchor(nb, c["id"])) for c in rows
+            ]
+            head = (
+                '<div class="claim-row claims-head" aria-hidden="true"><div>claim</div><div>measured</div>'
+                "<div>verdict</div></div>"
+            )
+            text += ['<div class="claims">' + head + "".join(html_rows) + "</div>", ""]
     _atomic_write(dest, "\n".join(text))

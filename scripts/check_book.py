@@ -4,8 +4,9 @@ Each page is served from 127.0.0.1 and loaded in Debian's Chromium (driven by Pl
 download). Every request that would leave the machine is aborted and reported, so what passes here
 renders offline. Per page: no console or script errors, no failed or 4xx/5xx same-origin request, every
 <img> loaded, every math element typeset by MathJax with no TeX error and no raw `$$`, `\\(` or `\\[`
-left in the text, every internal link and #anchor resolves, and the Colab button (on executed-notebook
-pages) points at that page's own notebook. The search page must find a known word.
+left in the text, every internal link and #anchor resolves, the Colab button (on executed-notebook
+pages) points at that page's own notebook, and at 1280 and at 390 px (a phone) nothing is wider than the
+text column (wide tables and equations may scroll inside their own box, never the page). The search page must find a known word.
 
 The same functions are used by tests/book/test_browser.py (on the real book and on deliberately broken
 copies) and by scripts/post_build.py (screenshots).
@@ -239,6 +240,65 @@ _INSPECT_JS = r"""() => {
 }"""
 
 
+# Widths a reader brings: a laptop and a phone. At each, no element of the page may stick out of the text
+# column (the article), and the page itself may not scroll sideways; an element inside a box that scrolls on
+# its own (overflow-x auto/scroll/hidden, e.g. a wide table or display equation) is fine if that box fits.
+WIDTHS = {"laptop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+_OVERFLOW_JS = r"""() => {
+  const out = [];
+  const doc = document.documentElement;
+  if (doc.scrollWidth > doc.clientWidth + 1)
+    out.push(`the page scrolls sideways: ${doc.scrollWidth} px of content in a ${doc.clientWidth} px window`);
+  const col = document.querySelector('article.bd-article') || document.querySelector('main');
+  if (!col) return out;
+  const c = col.getBoundingClientRect();
+  const name = el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+    (typeof el.className === 'string' && el.className.trim() ? '.' + el.className.trim().split(/\s+/).slice(0, 2).join('.') : '');
+  const scrolls = el => ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
+  const clips = el => ['hidden', 'clip'].includes(getComputedStyle(el).overflowX);
+  const fits = r => r.left >= c.left - 1 && r.right <= c.right + 1;
+  const hidden = el => {
+    for (let p = el; p && p !== col; p = p.parentElement) {
+      const st = getComputedStyle(p);
+      if ((st.clip && st.clip !== 'auto') || (st.clipPath && st.clipPath !== 'none')) return true;
+    }
+    return false;
+  };
+  const flagged = new Set();
+  for (const el of col.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || fits(r)) continue;
+    if (getComputedStyle(el).visibility === 'hidden' || getComputedStyle(el).position === 'fixed') continue;
+    if (hidden(el)) continue;  // clipped for screen readers only (MathJax's assistive MathML)
+    let p = el.parentElement, contained = false, reported = false, cut = null;
+    while (p && p !== col) {
+      if (flagged.has(p)) { reported = true; break; }
+      if (scrolls(p)) { contained = fits(p.getBoundingClientRect()); break; }
+      if (clips(p)) {  // a box that hides what sticks out of it: the reader never sees that part
+        const pr = p.getBoundingClientRect();
+        if (r.left < pr.left - 1 || r.right > pr.right + 1) cut = p;
+        else contained = fits(pr);
+        break;
+      }
+      p = p.parentElement;
+    }
+    if (contained || reported) continue;
+    flagged.add(el);
+    const text = (el.textContent || '').trim().replace(/\s+/g, ' ').slice(0, 50);
+    const where = cut ? `is cut off by ${name(cut)} (overflow hidden)` :
+      `spans ${Math.round(r.left)}..${Math.round(r.right)} px, the column ${Math.round(c.left)}..${Math.round(c.right)} px`;
+    out.push(`${name(el)} ${where}: ${JSON.stringify(text)}`);
+  }
+  return out;
+}"""
+
+
+def overflow(page) -> list[str]:
+    """Everything on the loaded page that is wider than its column, or a page that scrolls sideways."""
+    return page.evaluate(_OVERFLOW_JS)
+
+
 def _guard(context, base_url: str, offsite: list[str]) -> None:
     """Allow only requests to the local server; abort and record everything else (no route off-machine)."""
 
@@ -347,15 +407,26 @@ def check_page(browser, base_url: str, root: Path, rel: str, repo: Repo | None =
     repo = repo or Repo.from_config()
     rep = PageReport(rel)
     t0 = time.perf_counter()
-    with open_page(browser, base_url) as (page, w):
+    with open_page(browser, base_url, WIDTHS["laptop"]) as (page, w):
         try:
             load(page, w, base_url + rel, root, rel)
             info = page.evaluate(_INSPECT_JS)
+            rep.problems += [f"at {WIDTHS['laptop']['width']} px: {p}" for p in overflow(page)]
         except Exception as exc:  # a page that does not load or settle is itself the failure
             rep.problems.append(f"did not load: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             info = None
         rep.final_url = page.url
         rep.problems += w.problems()  # reported even when the page never settled
+    if info is not None:
+        with open_page(browser, base_url, WIDTHS["phone"]) as (page, w):
+            try:
+                load(page, w, base_url + rel, root, rel)
+                rep.problems += [f"at {WIDTHS['phone']['width']} px: {p}" for p in overflow(page)]
+            except Exception as exc:
+                rep.problems.append(
+                    f"did not load at phone width: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                )
+            rep.problems += w.problems()
     rep.seconds = time.perf_counter() - t0
     if info is None:
         return rep
@@ -409,12 +480,20 @@ def search(browser, base_url: str, word: str) -> tuple[list[str], list[str]]:
     return sorted({h[len(base_url) :] for h in hits if h.startswith(base_url)}), problems
 
 
-def screenshot(browser, base_url: str, root: Path, rel: str, out: Path, size=(1200, 900)) -> Path:
-    """A viewport screenshot of one page as a reader first sees it, written atomically to `out`."""
+def screenshot(
+    browser, base_url: str, root: Path, rel: str, out: Path, size=(1200, 900), scroll_to: str | None = None
+) -> Path:
+    """A viewport screenshot of one page as a reader sees it (at the top, or scrolled so that the first
+    element matching the CSS selector `scroll_to` is at the top), written atomically to `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     with open_page(browser, base_url, {"width": size[0], "height": size[1]}) as (page, w):
         load(page, w, base_url + rel, root, rel)
+        if scroll_to:
+            page.eval_on_selector(
+                scroll_to, "e => window.scrollTo(0, e.getBoundingClientRect().top + window.scrollY - 8)"
+            )
+            page.wait_for_timeout(100)
         page.screenshot(path=str(tmp))
         bad = w.problems()
     if bad:

@@ -1,7 +1,8 @@
 """After the HTML is built (scripts/build_book.py runs this): screenshots for the README.
 
 Headless Chromium (scripts/check_book.py: served from 127.0.0.1, no network) takes a 1200x900 shot of
-the intro and of the first chapter into docs/screenshots/{intro,chapter}.png, each written atomically.
+the intro and of the first chapter into docs/screenshots/{intro,chapter}.png, and the reproduction report
+at 1280x900 and at 390x844 (a phone) into docs/screenshots/report-{1280,390}.png, each written atomically.
 They are refreshed only by a default-mode build (`make book`): a quick build (as in `make test`) would
 show smaller experiments than the prose describes, so it leaves the committed pictures alone. Without
 Chromium this says why it skipped and succeeds; a page that is broken in the browser fails the build.
@@ -44,10 +45,18 @@ def quick_chapters(root: Path = ROOT) -> list[str]:
     return quick
 
 
+# The reproduction report as a reader sees it on a laptop (its top) and on a phone (its first chapter).
+REPORT = "book/report.html"
+REPORT_SHOTS = {"report-1280.png": ((1280, 900), None), "report-390.png": ((390, 844), "h2")}
+
+
 def take_screenshots(html: Path = cb.HTML, out: Path = OUT) -> list[Path]:
     shots = pages_to_shoot()
     with cb.serve(html) as base, cb.chromium() as browser:
-        return [cb.screenshot(browser, base, html, page, out / name, SIZE) for name, page in shots.items()]
+        done = [cb.screenshot(browser, base, html, page, out / name, SIZE) for name, page in shots.items()]
+        for name, (size, scroll_to) in REPORT_SHOTS.items():
+            done.append(cb.screenshot(browser, base, html, REPORT, out / name, size, scroll_to))
+        return done
 
 
 def main() -> int:

@@ -77,7 +77,8 @@ def test_every_claim_has_a_reviewed_verdict_and_every_verdict_a_claim():
 
 
 def _entry(cid, kind, holds, measured, criterion):
-    return {"id": cid, "kind": kind, "paper": "p", "source": "Sec. 1: 'q'" if kind == "paper" else "",
+    return {"id": cid, "kind": kind, "paper": "p", "claim": f"Claim {cid} in one sentence.",
+            "source": "Sec. 1: 'q'" if kind == "paper" else "",
             "criterion": criterion, "measured": measured, "holds": holds, "control": False if kind == "paper" else None,
             "control_note": "the baseline" if kind == "paper" else "", "note": "n", "chapter": "01_x", "mode": "default"}  # fmt: skip
 
@@ -102,7 +103,13 @@ def test_generated_pages(tmp_path):
     chapters = tmp_path / "chapters"
     chapters.mkdir()
     nb = {
-        "cells": [{"cell_type": "markdown", "source": "# Title X"}],
+        "cells": [
+            {"cell_type": "markdown", "source": "# Title X"},
+            {"cell_type": "markdown", "source": "## Speed: the `fast` solver, $O(h^2)$"},
+            {"cell_type": "code", "source": 'claims.state("x.a", ...)\nclaims.record("x.a", measured=m)'},
+            {"cell_type": "markdown", "source": "## Checks and findings"},
+            {"cell_type": "code", "source": 'for cid in ("x.b", "x.c", "x.d"):\n    claims.record(cid, ...)'},
+        ],
         "metadata": {
             "papermill": {"duration": 12.5, "parameters": {"QUICK": True}, "end_time": "2026-01-01T00:00:00"}
         },
@@ -111,15 +118,34 @@ def test_generated_pages(tmp_path):
     write_report(tmp_path / "report.md", claims, tmp_path / "verdicts.json", chapters)
     text = (tmp_path / "report.md").read_text()
     assert "**2 paper claims:** 1 reproduced, 0 did not reproduce, 1 not decidable at our scale." in text
-    assert "1 findings of ours and 1 checks" in text
+    assert "1 finding of ours and 1 check." in text
     assert "## [Title X](chapters/01_x.ipynb)" in text
-    assert "| `x.a` | 3.1x speed-up | ✅ reproduced |" in text
-    assert "| `x.b` | 3 | ➖ not decidable at our scale |" in text
-    assert "<b>Criterion.</b> FID at CIFAR-10 scale" in text and "<b>Why not.</b> no GPU" in text
-    assert text.index("**Findings") < text.index("`x.c`") < text.index("**Checks") < text.index("`x.d`")
+    rows = re.findall(r'<div class="claim-row" id="claim-([\w-]+)">(.*?)</details></div>', text, re.S)
+    assert [r[0] for r in rows] == ["x-a", "x-b", "x-c", "x-d"]
+    row = dict(rows)
+    # the claim in a sentence, the headline figure, the verdict (words; the mark is the CSS class's)
+    assert "Claim x.a in one sentence." in row["x-a"] and ">3.1x speed-up<" in row["x-a"]
+    assert '<div class="claim-verdict claim-yes">reproduced</div>' in row["x-a"]
+    assert '<div class="claim-verdict claim-open">not decidable at our scale</div>' in row["x-b"]
+    # a link to the section that records it: Sphinx's id of the heading above the recording cell
+    assert 'href="chapters/01_x.html#speed-the-fast-solver-o-h-2"' in row["x-a"]
+    assert 'href="chapters/01_x.html#checks-and-findings"' in row["x-b"]
+    # the rest one click away: criterion, why not, and the full measured record
+    assert "<b>Criterion.</b> FID at CIFAR-10 scale" in row["x-b"] and "<b>Why not.</b> no GPU" in row["x-b"]
+    assert '"curve": [\n  1,\n  2\n ]' in row["x-a"].replace("&quot;", '"')  # whole, not cut to a headline
     assert (
-        "<details><summary>Full records (4)</summary>" in text and "[1, 2]" not in text.split("<details>")[0]
+        text.index("**Findings")
+        < text.index("x.c</code>")
+        < text.index("**Checks")
+        < text.index("x.d</code>")
     )
+    assert "{download}`report-claims.json`" in text
+    assert [c["id"] for c in json.loads((tmp_path / "report-claims.json").read_text())] == [
+        "x.a",
+        "x.b",
+        "x.c",
+        "x.d",
+    ]
     write_runtimes(tmp_path / "runtimes.md", chapters, tmp_path / "devices")
     assert (
         "| [Title X](chapters/01_x.ipynb) | quick | 12.5 | unknown | 2026-01-01 00:00:00 |"

@@ -207,6 +207,20 @@ INJECTIONS = {
         '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script></head>',
         ["off-machine request (blocked): https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"],
     ),
+    # a figure or table laid out wider than the column, with no box of its own that scrolls
+    "wide-element": (
+        "book/intro.html",
+        H1_END,
+        H1_END + '<div id="too-wide" style="width: 1500px">wide</div>',
+        ["at 1280 px: div#too-wide spans", "at 390 px: the page scrolls sideways"],
+    ),
+    # the same inside a box that scrolls by itself: allowed (tables and display math do this)
+    "wide-element-in-a-scroll-box": (
+        "book/intro.html",
+        H1_END,
+        H1_END + '<div style="overflow-x: auto"><div id="too-wide" style="width: 1500px">wide</div></div>',
+        [],
+    ),
     "console-error": (
         "book/runtimes.html",
         "</body>",
@@ -223,6 +237,33 @@ def test_detects_an_injected_breakage(case, browser, broken):
     rep = _check_copy(browser, broken, page)
     for want in wanted:
         assert any(want in p for p in rep.problems), f"{want!r} not among {rep.problems}"
+    if not wanted:
+        assert not rep.problems, rep.problems
+
+
+def test_detects_display_math_wider_than_the_column_without_its_scroll_box(browser, broken):
+    """Display math scrolls in its own box (the theme's mjx-container, overflow auto). Without that box the
+    wider equations of the DPM-Solver chapter stick out of the phone's column, and the theme's div.math
+    (overflow hidden) would cut them off: the check must say so."""
+    (broken / "_static" / "companion.css").write_text("mjx-container { overflow: visible !important; }\n")
+    page = "book/chapters/02_dpm_solver.html"
+    rep = _check_copy(browser, broken, page)
+    assert any(p.startswith("at 390 px: mjx-container") for p in rep.problems), rep.problems
+
+
+def test_report_rows_fit_a_phone_and_link_to_their_sections(browser, book):
+    """The report at 390 px: one row per claim stacked in the column; every row's section link resolves."""
+    assert "book/report.html" in PAGES
+    with cb.open_page(browser, book, cb.WIDTHS["phone"]) as (page, w):
+        cb.load(page, w, book + "book/report.html", BOOK, "book/report.html")
+        rows = page.eval_on_selector_all(
+            ".claim-row:not(.claims-head)",
+            "rs => rs.map(r => ({w: r.getBoundingClientRect().width, cols: getComputedStyle(r).gridTemplateColumns,"
+            " link: (r.querySelector('a.claim-where') || {}).href || ''}))",
+        )
+        assert rows and not cb.overflow(page) and not w.problems()
+    assert all(len(r["cols"].split()) == 1 and r["w"] <= 390 for r in rows), rows  # stacked on a phone
+    assert all("#" in r["link"] for r in rows), [r for r in rows if "#" not in r["link"]]
 
 
 def test_detects_a_colab_link_to_another_notebook(browser, broken):

@@ -33,7 +33,7 @@ def ledger(tmp_path, monkeypatch):
 
 
 def _paper(cid="p.holds"):
-    claims.state(cid, kind="paper", paper="p", source="Sec. 1: 'it works'", criterion="error < 1")
+    claims.state(cid, kind="paper", paper="p", claim="It works.", source="Sec. 1: 'it works'", criterion="error < 1")
 
 
 def test_record_writes_exactly_the_keys(ledger):
@@ -61,7 +61,7 @@ def test_a_claim_must_be_stated_before_it_is_recorded(ledger):
 
 def test_a_paper_claim_needs_its_source_and_a_control(ledger):
     with pytest.raises(ValueError, match="source"):
-        claims.state("p.holds", kind="paper", paper="p", criterion="error < 1")
+        claims.state("p.holds", kind="paper", paper="p", claim="It works.", criterion="error < 1")
     _paper()
     with pytest.raises(claims.ClaimError, match="needs its negative control"):
         claims.record("p.holds", measured=1, holds=True)
@@ -89,7 +89,7 @@ def test_expected_verdicts_pass_including_an_expected_false(ledger):
     assert (
         claims.record("p.fails", measured=0.5, holds=False, control=False, control_note="c")["holds"] is False
     )
-    claims.state("c.check", kind="check", paper="p", criterion="identity to 1e-12")
+    claims.state("c.check", kind="check", paper="p", claim="It works.", criterion="identity to 1e-12")
     assert claims.record("c.check", measured=1e-13, holds=True)["control"] is None
 
 
@@ -103,10 +103,10 @@ def test_quick_mode_has_its_own_expected_verdict(ledger):
 
 
 def test_an_unreviewed_claim_or_a_wrong_kind_fails(ledger):
-    claims.state("p.new", kind="check", paper="p", criterion="c")
+    claims.state("p.new", kind="check", paper="p", claim="It works.", criterion="c")
     with pytest.raises(claims.VerdictChanged, match="no reviewed expected verdict"):
         claims.record("p.new", measured=1, holds=True)
-    claims.state("c.check", kind="finding", paper="p", criterion="c")
+    claims.state("c.check", kind="finding", paper="p", claim="It works.", criterion="c")
     with pytest.raises(claims.VerdictChanged, match="kind 'finding', book/verdicts.json says 'check'"):
         claims.record("c.check", measured=1, holds=True)
 
@@ -133,7 +133,7 @@ def test_verdicts_file_is_validated(tmp_path, entry):
 
 
 def test_rerecording_replaces_and_chapter_resets(ledger):
-    claims.state("c.check", kind="check", paper="p", criterion="c")
+    claims.state("c.check", kind="check", paper="p", claim="It works.", criterion="c")
     claims.record("c.check", measured=1.0, holds=True)
     claims.record("c.check", measured=2.0, holds=True)
     assert [c["measured"] for c in json.loads(ledger.read_text())] == [2.0]
@@ -144,7 +144,7 @@ def test_rerecording_replaces_and_chapter_resets(ledger):
 
 
 def test_not_decidable_needs_a_reason(ledger):
-    claims.state("c.check", kind="check", paper="p", criterion="c")
+    claims.state("c.check", kind="check", paper="p", claim="It works.", criterion="c")
     with pytest.raises(ValueError, match="needs the reason"):
         claims.record("c.check", measured=None, holds=None)
 
@@ -159,7 +159,7 @@ def test_not_decidable_needs_a_reason(ledger):
     ],
 )
 def test_bad_input(ledger, kwargs, err):
-    claims.state("c.check", kind="check", paper="p", criterion="c")
+    claims.state("c.check", kind="check", paper="p", claim="It works.", criterion="c")
     args = {"measured": 1.0} | kwargs
     with pytest.raises(err):
         claims.record("c.check", **args)
@@ -167,8 +167,13 @@ def test_bad_input(ledger, kwargs, err):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(kind="claim", paper="p", criterion="c"), dict(kind="check", paper="", criterion="c"),
-     dict(kind="check", paper="p", criterion=" ")],
+    [dict(kind="claim", paper="p", claim="It works.", criterion="c"),
+     dict(kind="check", paper="", claim="It works.", criterion="c"),
+     dict(kind="check", paper="p", claim="It works.", criterion=" "),
+     dict(kind="check", paper="p", claim=" ", criterion="c"),
+     dict(kind="check", paper="p", claim="It works. And it is fast.", criterion="c"),  # two sentences
+     dict(kind="check", paper="p", claim="It works", criterion="c"),  # no full stop
+     dict(kind="check", paper="p", claim="x" * 160 + ".", criterion="c")],  # too long for a glance
 )  # fmt: skip
 def test_bad_statements(ledger, kwargs):
     with pytest.raises(ValueError):
@@ -176,7 +181,7 @@ def test_bad_statements(ledger, kwargs):
 
 
 def test_non_finite_measurements_are_kept_as_text(ledger):
-    claims.state("c.check", kind="check", paper="p", criterion="c")
+    claims.state("c.check", kind="check", paper="p", claim="It works.", criterion="c")
     with pytest.raises(claims.VerdictChanged):
         claims.record("c.check", measured=[float("nan"), float("inf")], holds=None, note="diverged")
     assert json.loads(ledger.read_text())[0]["measured"] == ["nan", "inf"]
@@ -185,7 +190,7 @@ def test_non_finite_measurements_are_kept_as_text(ledger):
 def test_state_and_record_need_a_chapter(monkeypatch):
     monkeypatch.setattr(claims, "_current", None)
     with pytest.raises(RuntimeError, match="chapter"):
-        claims.state("a", kind="check", paper="p", criterion="c")
+        claims.state("a", kind="check", paper="p", claim="It works.", criterion="c")
     with pytest.raises(RuntimeError, match="chapter"):
         claims.record("a", measured=1, holds=True)
 

@@ -14,6 +14,7 @@ order in every chapter), then :func:`record` with the measured numbers and the v
 
     from companion.lab import claims
     claims.state("sde.pc_vs_predictor", kind="paper", paper=PAPER,
+                 claim="At equal score evaluations, predictor-corrector beats the predictor alone.",
                  source="Sec. 4.2, Table 1: 'PC samplers generally outperform predictor-only ...'",
                  criterion="at matched NFE, MMD^2(PC) < MMD^2(predictor) by more than 2 standard errors")
     ...  # the computation
@@ -63,6 +64,7 @@ KEYS = (
     "id",
     "kind",
     "paper",
+    "claim",
     "source",
     "criterion",
     "measured",
@@ -199,11 +201,16 @@ def _text(value: Any, name: str, cid: str) -> str:
     return value
 
 
-def state(id: str, *, kind: str, paper: str, criterion: str, source: str = "") -> None:
+CLAIM_MAX = 160  # characters: one sentence a reader takes in at a glance (the report's first column)
+
+
+def state(id: str, *, kind: str, paper: str, claim: str, criterion: str, source: str = "") -> None:
     """Declare a claim and its criterion before the cells that compute it.
 
     ``kind``: ``"paper"`` (``source`` is then the paper's statement, quoted, with its location), ``"finding"``
-    or ``"check"``. ``criterion``: what will be computed and the threshold that decides, in words.
+    or ``"check"``. ``claim``: what is claimed, in one plain sentence of at most :data:`CLAIM_MAX`
+    characters ending with a full stop (the reproduction report shows it). ``criterion``: what will be
+    computed and the threshold that decides, in words.
     """
     if _current is None:
         raise RuntimeError("call companion.lab.claims.chapter(<name>) before state()")
@@ -212,11 +219,17 @@ def state(id: str, *, kind: str, paper: str, criterion: str, source: str = "") -
         raise ValueError(f"claim {id!r}: kind must be one of {list(KINDS)}; got {kind!r}")
     _text(paper, "paper", id)
     _text(criterion, "criterion", id)
+    _text(claim, "claim", id)
+    if len(claim) > CLAIM_MAX or not claim.rstrip().endswith(".") or claim.count(". ") > 0:
+        raise ValueError(
+            f"claim {id!r}: claim must be one sentence of at most {CLAIM_MAX} characters ending with '.'; "
+            f"got {len(claim)} characters: {claim!r}"
+        )
     if kind == "paper":
         _text(source, "source (the paper's statement, quoted, with its location)", id)
     elif not isinstance(source, str):
         raise TypeError(f"claim {id!r}: source must be a string; got {type(source).__name__}")
-    _stated[id] = {"kind": kind, "paper": paper, "source": source, "criterion": criterion}
+    _stated[id] = {"kind": kind, "paper": paper, "claim": claim, "source": source, "criterion": criterion}
 
 
 def _verdict(value: Any, name: str, cid: str) -> bool | None:
