@@ -33,7 +33,9 @@ def ledger(tmp_path, monkeypatch):
 
 
 def _paper(cid="p.holds"):
-    claims.state(cid, kind="paper", paper="p", claim="It works.", source="Sec. 1: 'it works'", criterion="error < 1")
+    claims.state(
+        cid, kind="paper", paper="p", claim="It works.", source="Sec. 1: 'it works'", criterion="error < 1"
+    )
 
 
 def test_record_writes_exactly_the_keys(ledger):

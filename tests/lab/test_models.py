@@ -142,14 +142,18 @@ def test_shipped_weights_are_package_data_and_the_local_folder_overrides_them(tm
     with torch.no_grad():
         next(iter(m.net.parameters())).add_(1.0)
     models.save(m.net, name, {k: v for k, v in m.card.items() if k not in ("file", "sha256", "bytes")})
-    assert (tmp_path / f"{name}.safetensors").is_file()  # save() writes to the local folder, never the package
+    assert (
+        tmp_path / f"{name}.safetensors"
+    ).is_file()  # save() writes to the local folder, never the package
     assert models.locate(name) == tmp_path
     local = models.load(name)
     assert local.card["sha256"] != models.load_card(name, models.shipped_dir())["sha256"]
     p0 = next(iter(local.net.parameters()))
     p1 = next(iter(models.load(name, models.shipped_dir()).net.parameters()))
     assert torch.equal(p0, p1 + 1.0)
-    assert models.locate("digits-classifier") == models.shipped_dir()  # other names still come from the package
+    assert (
+        models.locate("digits-classifier") == models.shipped_dir()
+    )  # other names still come from the package
     assert name in models.available() and "digits-unet-eps" in models.available()
 
 
