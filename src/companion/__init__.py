@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from . import adapters, grids, noise, parameterization, reference, schedules, solvers, targets
+from . import adapters, grids, noise, parameterization, paths, reference, schedules, solvers, targets
 from .sampling import invert, sample
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "lab",
     "noise",
     "parameterization",
+    "paths",
     "reference",
     "sample",
     "schedules",
