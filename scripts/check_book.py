@@ -489,11 +489,9 @@ def screenshot(
     tmp = out.with_name(f".{out.name}.tmp.png")
     with open_page(browser, base_url, {"width": size[0], "height": size[1]}) as (page, w):
         load(page, w, base_url + rel, root, rel)
-        if scroll_to:
-            page.eval_on_selector(
-                scroll_to, "e => window.scrollTo(0, e.getBoundingClientRect().top + window.scrollY - 8)"
-            )
-            page.wait_for_timeout(100)
+        if scroll_to:  # instantly: the theme scrolls smoothly, which a screenshot would catch half-way
+            page.eval_on_selector(scroll_to, "e => e.scrollIntoView({behavior: 'instant', block: 'start'})")
+            page.wait_for_timeout(200)
         page.screenshot(path=str(tmp))
         bad = w.problems()
     if bad:

@@ -47,7 +47,7 @@ def quick_chapters(root: Path = ROOT) -> list[str]:
 
 # The reproduction report as a reader sees it on a laptop (its top) and on a phone (its first chapter).
 REPORT = "book/report.html"
-REPORT_SHOTS = {"report-1280.png": ((1280, 900), None), "report-390.png": ((390, 844), "h2")}
+REPORT_SHOTS = {"report-1280.png": ((1280, 900), None), "report-390.png": ((390, 844), "article h2")}
 
 
 def take_screenshots(html: Path = cb.HTML, out: Path = OUT) -> list[Path]:
