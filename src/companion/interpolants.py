@@ -210,7 +210,7 @@ class GaussianMixtureInterpolant:
         if tt.ndim > 1 or (tt.ndim == 1 and tt.shape[0] != x.shape[0]):
             raise ValueError(f"t must be 0-d or have shape ({x.shape[0]},); got {tuple(tt.shape)}")
         self.si.check_t(tt)
-        if tt.ndim == 1 and tt.numel() > 1 and bool((tt == tt[0]).all()):
+        if tt.ndim == 1 and tt.numel() > 1 and not tt.requires_grad and bool((tt == tt[0]).all()):
             tt = tt[0]  # one time for the batch (the samplers' case): factorise the covariances once
         return x.to(torch.float64), tt
 
