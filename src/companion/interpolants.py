@@ -40,6 +40,7 @@ __all__ = [
     "GaussianMixtureInterpolant",
     "velocity_loss",
     "score_loss",
+    "euler_log_density",
 ]
 
 #: alpha(t), beta(t) choices: (alpha, beta, alpha', beta') as functions of float64 t
@@ -264,6 +265,33 @@ class GaussianMixtureInterpolant:
 
         return f
 
+    def fokker_planck(
+        self, x: Tensor, t: float, eps: float, direction: str = "forward"
+    ) -> tuple[Tensor, Tensor]:
+        """The two sides of the Fokker-Planck equation at (x, t), by autograd of the exact density:
+        (d_t rho, -(div(b_F rho) - eps lap rho)) for ``"forward"``, (d_t rho, -(div(b_B rho) + eps lap rho))
+        for ``"backward"`` (Albergo et al. 2023, Cor. 2.10); ``"transport"`` is eps = 0. Equal when the
+        identity holds. Float64, d small (one autograd pass per dimension)."""
+        if direction not in ("forward", "backward", "transport"):
+            raise ValueError(f"direction must be 'forward', 'backward' or 'transport'; got {direction!r}")
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise ValueError(f"eps must be a number >= 0; got {eps!r}")
+        sign = {"forward": 1.0, "backward": -1.0, "transport": 0.0}[direction]
+        x = x.detach().to(torch.float64).clone().requires_grad_(True)
+        tt = torch.full((x.shape[0],), float(t), dtype=torch.float64, requires_grad=True)
+        rho = self.log_prob(x, tt).exp()
+        (drho_dt,) = torch.autograd.grad(rho.sum(), tt, create_graph=True)
+        b, s = self._b_s(x, tt)
+        flux = (b + sign * eps * s) * rho[:, None]
+        (grad_rho,) = torch.autograd.grad(rho.sum(), x, create_graph=True)
+        div = sum(
+            torch.autograd.grad(flux[:, i].sum(), x, retain_graph=True)[0][:, i] for i in range(self.dim)
+        )
+        lap = sum(
+            torch.autograd.grad(grad_rho[:, i].sum(), x, retain_graph=True)[0][:, i] for i in range(self.dim)
+        )
+        return drho_dt.detach(), -(div - sign * eps * lap).detach()
+
     def sample_endpoints(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n independent pairs (x_0, x_1) ~ rho_0 x rho_1 (the independent coupling)."""
         return self.rho0.sample(n, generator=generator), self.rho1.sample(n, generator=generator)
@@ -311,3 +339,27 @@ def score_loss(s: Callable[[Tensor, Tensor], Tensor], si: StochasticInterpolant,
         out = s(I + sign * gz, tt)
         total = total + (0.5 * out.pow(2) + sign * zg * out).flatten(1).sum(1)
     return (total / 2).mean()
+
+
+def euler_log_density(
+    velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, log_p: Tensor, times: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Push samples ``x`` with log-density ``log_p`` through Euler's method for dx/dt = velocity(x, t) on
+    ``times``: x_{i+1} = x_i + dt v(x_i, t_i), and the exact log-density of the result under the discrete
+    map, log p_{i+1}(x_{i+1}) = log p_i(x_i) - log|det(I + dt dv/dx(x_i))| (change of variables; the
+    Jacobian by autograd, one pass per dimension, so for small d). This is the log-density of the samples
+    ``companion.sample`` returns with ``diffusion=0`` on the same grid."""
+    times = torch.as_tensor(times, dtype=torch.float64)
+    x, log_p = x.detach().to(torch.float64), log_p.detach().to(torch.float64)
+    B, d = x.shape
+    eye = torch.eye(d, dtype=torch.float64)
+    for i in range(times.shape[0] - 1):
+        dt = float(times[i + 1] - times[i])
+        xi = x.clone().requires_grad_(True)
+        v = velocity(xi, times[i].expand(B))
+        J = torch.stack(
+            [torch.autograd.grad(v[:, k].sum(), xi, retain_graph=k < d - 1)[0] for k in range(d)], 1
+        )
+        log_p = log_p - torch.linalg.slogdet(eye + dt * J)[1]
+        x = (xi + dt * v).detach()
+    return x, log_p
