@@ -96,13 +96,13 @@ def train_interpolant(
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x0, _ = draw(2, g)
-    nets_ = [nets.MLPScore(dim=x0.shape[1], hidden=hidden, depth=depth) for _ in range(2)]
+    nets_ = [nets.MLPScore(dim=x0.shape[1], hidden=hidden, depth=depth).float() for _ in range(2)]
     opt = torch.optim.Adam([p for n in nets_ for p in n.parameters()], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
     for _ in tqdm(range(steps), desc="interpolant b, s", leave=False):
         x0, x1 = (v.float() for v in draw(batch, g))
-        z = torch.randn(x0.shape, generator=g)
+        z = torch.randn(x0.shape, generator=g, dtype=torch.float32)
         t = t_clip + (1 - 2 * t_clip) * torch.rand(batch, generator=g, dtype=torch.float64)
         lb = velocity_loss(nets_[0], si, x0, x1, t, z)
         ls = score_loss(nets_[1], si, x0, x1, t, z)
