@@ -12,6 +12,7 @@ from torch import Tensor
 from . import grids
 from . import parameterization as P
 from . import solvers as S
+from .interpolants import StochasticInterpolant
 from .noise import NoiseSource
 from .noise import resolve as resolve_noise
 from .schedules import Schedule
@@ -107,9 +108,31 @@ def sample(
     () or (B,)) and the latest data prediction ``denoised``; if it returns a tensor (same shape, dtype and
     device as ``x``), that tensor replaces the state: inpainting, restoration constraints and latent edits
     are written this way. Multistep solvers keep their history of model outputs across a replacement.
+
+    With ``schedule=`` a :class:`companion.interpolants.StochasticInterpolant`, ``x_T`` holds samples of the
+    density at ``t_start`` (default 0, i.e. rho_0; ``t_start=1, t_end=0`` runs backward from rho_1),
+    ``model(x, t)`` returns the pair (velocity b, score s), the grid is uniform in t (or ``timesteps``,
+    monotone in [0, 1]) and the solver is ``"interpolant"``, whose ``diffusion`` eps(t) >= 0 picks the
+    SDE (eps = 0: the transport ODE); see :func:`companion.solvers.interpolant.run_stochastic_interpolant`.
     """
-    prediction = P.canonical(prediction)
     built = _solver(solver, options)
+    if isinstance(schedule, StochasticInterpolant):
+        return _sample_interpolant(
+            built,
+            model,
+            x_T,
+            schedule,
+            prediction,
+            steps,
+            grid,
+            t_start,
+            t_end,
+            timesteps,
+            generator,
+            noise,
+            callback,
+        )
+    prediction = P.canonical(prediction)
     _check_common(x_T, "x_T", schedule, compat, steps)
     if callback is not None and not callable(callback):
         raise TypeError(
@@ -137,6 +160,50 @@ def sample(
         ev = Evaluator(model, schedule, prediction, "x0", x, x0_fn)
         x = ev(x, ev.plan(t_last[None], x)[0])
     return x
+
+
+def _sample_interpolant(
+    built, model, x, si, prediction, steps, grid, t_start, t_end, timesteps, generator, noise, callback
+) -> Tensor:
+    if not isinstance(built, S.Interpolant):
+        raise ValueError(
+            f"schedule=StochasticInterpolant needs solver='interpolant' (with diffusion=eps); got {built.name!r}"
+        )
+    if prediction != "eps":
+        raise ValueError(
+            "with a StochasticInterpolant schedule the model returns the pair (b, s); leave prediction unset"
+        )
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
+        raise TypeError("x_T must be a floating-point tensor of shape (B, ...)")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable(i, t, x, b) or None; got {type(callback).__name__}")
+    if timesteps is not None:
+        ts = torch.as_tensor(timesteps).detach().to("cpu", torch.float64)
+        if ts.dim() != 1 or ts.shape[0] < 2:
+            raise ValueError(f"timesteps must have shape (N + 1,) with N >= 1; got {tuple(ts.shape)}")
+        d = ts[1:] - ts[:-1]
+        if not (bool((d > 0).all()) or bool((d < 0).all())):
+            raise ValueError(
+                "timesteps must be strictly monotone (increasing: forward, decreasing: backward)"
+            )
+        si.check_t(ts, "timesteps")
+    else:
+        if grid not in ("logsnr", "time_uniform"):
+            raise ValueError(
+                f"a StochasticInterpolant takes grid='time_uniform' (the default) only; got {grid!r}"
+            )
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive int; got {steps!r}")
+        a = 0.0 if t_start is None else t_start
+        b = 1.0 if t_end is None else t_end
+        si.check_t(a, "t_start")
+        si.check_t(b, "t_end")
+        if torch.as_tensor(a).dim() or torch.as_tensor(b).dim() or float(a) == float(b):
+            raise ValueError(f"t_start and t_end must be distinct numbers; got {t_start!r}, {t_end!r}")
+        ts = grids.time_uniform(float(a), float(b), steps)
+    return S.interpolant.run_stochastic_interpolant(
+        model, x, ts, built.diffusion, resolve_noise(noise, generator), callback
+    )
 
 
 def _run(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["median_bandwidth", "mmd2", "mmd2_noise_floor"]
+__all__ = ["median_bandwidth", "mmd2", "mmd2_noise_floor", "binned_kl"]
 
 
 def _2d(x: Tensor, name: str) -> Tensor:
@@ -64,3 +64,23 @@ def mmd2_noise_floor(
     """MMD^2 between ``reps`` pairs of independent exact sample sets of size n: the estimator's noise."""
     out = [mmd2(sample(n, generator), sample(n, generator), bandwidth) for _ in range(reps)]
     return torch.tensor(out, dtype=torch.float64)
+
+
+def binned_kl(x: Tensor, cdf: Callable[[Tensor], Tensor], edges: Tensor) -> tuple[float, float]:
+    """KL(q || p) of 1-D samples ``x`` ~ q against a law p given by its exact ``cdf``, on the bins ``edges``
+    (the two outer bins extend to -inf and +inf): sum_b q_b log(q_b / p_b) with q_b the empirical bin
+    frequencies and p_b exact bin masses. Returns (estimate, bias floor (B - 1) / (2 n)), the leading bias
+    of the plug-in estimator when q = p (B non-empty bins). Coarser than the bins, it cannot see structure."""
+    xf = _2d(x, "x")
+    if xf.shape[1] != 1:
+        raise ValueError(f"x must hold 1-D samples; got event size {xf.shape[1]}")
+    e = torch.as_tensor(edges, dtype=torch.float64)
+    if e.ndim != 1 or e.shape[0] < 2 or not bool((e[1:] > e[:-1]).all()):
+        raise ValueError("edges must be a strictly increasing 1-D tensor with at least 2 entries")
+    n = xf.shape[0]
+    idx = torch.bucketize(xf[:, 0], e[1:-1])
+    q = torch.bincount(idx, minlength=e.shape[0] - 1).to(torch.float64) / n
+    c = cdf(e[1:-1]).to(torch.float64)
+    p = torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), c, torch.ones(1, dtype=torch.float64)]))
+    m = q > 0
+    return float((q[m] * torch.log(q[m] / p[m])).sum()), float((int(m.sum()) - 1) / (2 * n))

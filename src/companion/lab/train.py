@@ -33,7 +33,7 @@ from ..schedules import VPLinear
 from . import data
 from .models import io, nets
 
-__all__ = ["Recipe", "RECIPES", "train", "eval_sample", "main"]
+__all__ = ["Recipe", "RECIPES", "train", "train_interpolant", "eval_sample", "main"]
 
 SCHEDULE = {"name": "vp_linear", "params": {"beta_min": 0.1, "beta_max": 20.0}}
 T_EPS = 1e-3
@@ -70,6 +70,50 @@ RECIPES: dict[str, Recipe] = {
     "8gaussians-mlp-eps": Recipe("toy", "MLPScore", _MLP, data="8gaussians", steps=4000, batch=512),
     "checkerboard-mlp-eps": Recipe("toy", "MLPScore", _MLP, data="checkerboard", steps=4000, batch=512),
 }
+
+
+def train_interpolant(
+    si,
+    draw: Callable[[int, torch.Generator], tuple[Tensor, Tensor]],
+    steps: int,
+    *,
+    batch: int = 512,
+    lr: float = 2e-3,
+    hidden: int = 128,
+    depth: int = 3,
+    t_clip: float = 1e-3,
+    seed: int = 0,
+) -> tuple[nn.Module, nn.Module, list[tuple[float, float]]]:
+    """Fit the velocity b and the score s of a stochastic interpolant ``si`` with the antithetic quadratic
+    losses (:func:`companion.interpolants.velocity_loss`, :func:`~companion.interpolants.score_loss`):
+    two :class:`~.models.nets.MLPScore` nets, Adam with cosine decay, t ~ U(t_clip, 1 - t_clip).
+    ``draw(n, generator)`` returns n pairs (x_0, x_1) of the coupling. Returns (b_net, s_net, losses per
+    step). The nets take (x, t) with t in [0, 1]; CPU float32; deterministic for a seed and thread count."""
+    from ..interpolants import score_loss, velocity_loss
+
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int; got {steps!r}")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x0, _ = draw(2, g)
+    nets_ = [nets.MLPScore(dim=x0.shape[1], hidden=hidden, depth=depth).float() for _ in range(2)]
+    opt = torch.optim.Adam([p for n in nets_ for p in n.parameters()], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    losses = []
+    for _ in tqdm(range(steps), desc="interpolant b, s", leave=False):
+        x0, x1 = (v.float() for v in draw(batch, g))
+        z = torch.randn(x0.shape, generator=g, dtype=torch.float32)
+        t = t_clip + (1 - 2 * t_clip) * torch.rand(batch, generator=g, dtype=torch.float64)
+        lb = velocity_loss(nets_[0], si, x0, x1, t, z)
+        ls = score_loss(nets_[1], si, x0, x1, t, z)
+        opt.zero_grad()
+        (lb + ls).backward()
+        opt.step()
+        sched.step()
+        losses.append((float(lb.detach()), float(ls.detach())))
+    for n in nets_:
+        n.eval()
+    return nets_[0], nets_[1], losses
 
 
 def _lr_at(step: int, recipe: Recipe) -> float:

@@ -3,6 +3,7 @@ diffusion coefficient eps(t) >= 0 picks an SDE with the marginals of the probabi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -10,12 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..noise import NoiseSource
 from .base import Points
 from .problem import Problem
 from .registry import Option, OrderCheck, Solver, choice, option, register
 from .reverse_sde import grid_points, run_noisy
 
-__all__ = ["Interpolant", "interpolant_coefs"]
+__all__ = ["Interpolant", "interpolant_coefs", "run_stochastic_interpolant"]
 
 _DIFFUSION = Option(
     "a finite number >= 0 or a callable t -> eps(t) >= 0 (float64 times)",
@@ -68,7 +70,11 @@ class Interpolant(Solver):
 
     has the marginals p_t of the probability-flow ODE (eps = 0); eps = g^2/2 is the reverse SDE.
     Solved by :func:`interpolant_coefs` (exponential integrator, data prediction held per step): exact for
-    point masses, 1 NFE per step, strong order 1, weak order 1."""
+    point masses, 1 NFE per step, strong order 1, weak order 1.
+
+    With ``schedule=`` a :class:`companion.interpolants.StochasticInterpolant` (two arbitrary endpoint
+    densities), ``companion.sample`` runs :func:`run_stochastic_interpolant` instead: the model returns the
+    pair (b, s) and the same ``diffusion`` eps(t) picks the forward or backward SDE (or the ODE)."""
 
     #: extra configurations the conformance tests run (tests/solvers/test_conformance.py): eps = 0 (the
     #: probability-flow ODE, i.e. DDIM) and a small constant diffusion
@@ -96,3 +102,56 @@ class Interpolant(Solver):
         pts = grid_points(prob)
         a, b, std = interpolant_coefs(prob.schedule, pts, self.diffusion)
         return run_noisy(prob, "x0", pts, [1] * len(a), a, b[:, None], std)
+
+
+def _diffusion_values(diffusion, times: Tensor) -> list[float]:
+    eps = diffusion(times) if callable(diffusion) else torch.full_like(times, float(diffusion))
+    eps = torch.as_tensor(eps, dtype=torch.float64).detach().cpu()
+    if eps.shape != times.shape or not bool(((eps >= 0) & torch.isfinite(eps)).all()):
+        raise ValueError(
+            "diffusion(t) must return finite values >= 0, one per time, on the sampling interval"
+        )
+    return eps.tolist()
+
+
+def run_stochastic_interpolant(
+    model: Callable[[Tensor, Tensor], tuple[Tensor, Tensor] | Tensor],
+    x: Tensor,
+    times: Tensor,
+    diffusion: float | Callable[[Tensor], Tensor],
+    noise: NoiseSource,
+    callback: Callable[[int, Tensor, Tensor, Tensor], Tensor | None] | None = None,
+) -> Tensor:
+    """Euler-Maruyama for the stochastic-interpolant SDEs (Albergo, Boffi & Vanden-Eijnden 2023, Sec. 2.3):
+    on an increasing grid the forward SDE dX = (b + eps s) dt + sqrt(2 eps) dW (rho_0 -> rho_1), on a
+    decreasing one the backward SDE, whose drift in the direction of travel is -(b - eps s); eps = 0 is the
+    transport ODE dX = b dt. One step, dt = t_{i+1} - t_i of either sign and eps = eps(t_i):
+
+        x_{i+1} = x_i + b(x_i, t_i) dt + eps |dt| s(x_i, t_i) + sqrt(2 eps |dt|) z_i .
+
+    ``model(x, t)`` (t of shape (B,)) returns (b, s), or b alone where eps = 0 on the whole grid.
+    1 NFE per step; strong and weak order 1 (additive noise); the ODE is Euler's method (order 1)."""
+    B = x.shape[0]
+    eps = _diffusion_values(diffusion, times[:-1])
+    dts = (times[1:] - times[:-1]).tolist()
+    need_score = any(e > 0 for e in eps)
+    draw = noise.stream(times, x) if need_score else None
+    t_dev = times.to(x.device, x.dtype)
+    for i, (dt, e) in enumerate(zip(dts, eps, strict=True)):
+        out = model(x, t_dev[i].expand(B))
+        if isinstance(out, tuple):
+            b, s = out
+        elif need_score:
+            raise TypeError("model must return the pair (b, s) when diffusion > 0 somewhere on the grid")
+        else:
+            b, s = out, None
+        x = x + dt * b
+        if e > 0:
+            x = x + (e * abs(dt)) * s + math.sqrt(2 * e * abs(dt)) * draw(i)
+        if callback is not None:
+            new = callback(i, times[i + 1], x, b)
+            if new is not None:
+                if not isinstance(new, Tensor) or new.shape != x.shape or new.dtype != x.dtype:
+                    raise ValueError("callback must return None or a tensor like x")
+                x = new
+    return x
