@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from . import adapters, grids, noise, parameterization, paths, reference, schedules, solvers, targets
+from . import adapters, fokker_planck, grids, noise, parameterization, paths, reference, schedules, solvers, targets
 from .sampling import invert, sample
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "adapters",
+    "fokker_planck",
     "grids",
     "invert",
     "lab",
