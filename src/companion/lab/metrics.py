@@ -32,7 +32,7 @@ W2_METHODS = ("exact", "histogram", "sliced")
 def _2d(x: Tensor, name: str) -> Tensor:
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] < 2:
         raise ValueError(f"{name} must be a floating-point tensor of shape (n >= 2, ...)")
-    return x.reshape(x.shape[0], -1).to(torch.float64)
+    return x.detach().reshape(x.shape[0], -1).to(torch.float64)
 
 
 def median_bandwidth(y: Tensor, max_points: int = 1000) -> float:
