@@ -83,7 +83,9 @@ def test_same_seed_same_estimate_and_probes_average():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     exact = residual(u, sched, x, 0.5, exact=True)
     many = residual(u, sched, x, 0.5, probes=512, generator=torch.Generator().manual_seed(8))
-    one = torch.stack([residual(u, sched, x, 0.5, generator=torch.Generator().manual_seed(s)) for s in range(32)])
+    one = torch.stack(
+        [residual(u, sched, x, 0.5, generator=torch.Generator().manual_seed(s)) for s in range(32)]
+    )
     assert float((many - exact).abs().max()) < float((one - exact).abs().mean(0).max())
 
 
@@ -108,4 +110,3 @@ def test_bad_arguments_are_named():
         residual(u, sched, x, 0.5, exact=False, probes=0)
     with pytest.raises(TypeError, match="log_density"):
         residual(None, sched, x, 0.5)
-

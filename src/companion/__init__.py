@@ -12,7 +12,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from . import adapters, fokker_planck, grids, noise, parameterization, paths, reference, schedules, solvers, targets
+from . import (
+    adapters,
+    fokker_planck,
+    grids,
+    noise,
+    parameterization,
+    paths,
+    reference,
+    schedules,
+    solvers,
+    targets,
+)
 from .sampling import invert, sample
 
 if TYPE_CHECKING:

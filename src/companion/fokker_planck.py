@@ -115,7 +115,9 @@ def residual(
         if u.shape != (x.shape[0],):
             raise ValueError(f"log_density must return shape ({x.shape[0]},); got {tuple(u.shape)}")
         grad_x, grad_t = torch.autograd.grad(u.sum(), (xg, tg), create_graph=True)
-        lap = laplacian(grad_x, xg, exact=exact, probes=probes, generator=generator, create_graph=create_graph)
+        lap = laplacian(
+            grad_x, xg, exact=exact, probes=probes, generator=generator, create_graph=create_graph
+        )
         # Coefficients in float64 from the detached times, cast to the sample dtype.
         t64 = tt.detach().to(torch.float64)
         f = schedule.f(t64).to(x.dtype)

@@ -59,8 +59,17 @@ def sample_pair(
                 times.append(float(t.reshape(-1)[0]))
 
         out[name] = cp_sample(
-            model, x_T, schedule=schedule, prediction=prediction, solver="ddim", steps=steps,
-            grid="logsnr", t_start=1.0, t_end=t_end, callback=cb if every else None, **extra,
+            model,
+            x_T,
+            schedule=schedule,
+            prediction=prediction,
+            solver="ddim",
+            steps=steps,
+            grid="logsnr",
+            t_start=1.0,
+            t_end=t_end,
+            callback=cb if every else None,
+            **extra,
         )
         if every:
             out[f"{name}_path"], out["times"] = path, times
@@ -119,7 +128,9 @@ def bound(
     # int_{t0}^{t} L ds for every recorded t (times decrease, so integrate from the end)
     dt = ts[:-1] - ts[1:]
     seg = 0.5 * (ll[:-1] + ll[1:]) * dt
-    cum = torch.cat([torch.flip(torch.cumsum(torch.flip(seg, [0]), 0), [0]), torch.zeros(1, dtype=torch.float64)])
+    cum = torch.cat(
+        [torch.flip(torch.cumsum(torch.flip(seg, [0]), 0), [0]), torch.zeros(1, dtype=torch.float64)]
+    )
     weight = torch.exp(cum)
     integrand = weight * dl
     rhs = float((0.5 * (integrand[:-1] + integrand[1:]) * dt).sum())
@@ -127,7 +138,11 @@ def bound(
 
 
 def residual_stats(
-    penalty: Callable[[Tensor, Tensor], Tensor], box: float, generator: torch.Generator, n_t: int = 32, n_x: int = 256
+    penalty: Callable[[Tensor, Tensor], Tensor],
+    box: float,
+    generator: torch.Generator,
+    n_t: int = 32,
+    n_x: int = 256,
 ) -> dict[str, float]:
     """The mean |sigma^2 R| on a grid of ``n_t`` times (uniform in [1e-3, 1]) times ``n_x`` uniform points of
     [-box, box]^2, and the same with each time's mean over x removed (blind to the additive c(t))."""

@@ -14,7 +14,6 @@ order the bin width, any n); ``"sliced"`` averages the closed-form 1-D W2^2 of r
 et al. 2011; a lower bound of W2^2 up to its Monte Carlo error, any n and d).
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -36,7 +36,17 @@ from ..schedules import VPLinear
 from . import data
 from .models import io, nets
 
-__all__ = ["Recipe", "RECIPES", "FP_SETS", "FP_WEIGHTS", "fp_name", "fp_penalty", "train", "eval_sample", "main"]
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "FP_SETS",
+    "FP_WEIGHTS",
+    "fp_name",
+    "fp_penalty",
+    "train",
+    "eval_sample",
+    "main",
+]
 
 SCHEDULE = {"name": "vp_linear", "params": {"beta_min": 0.1, "beta_max": 20.0}}
 T_EPS = 1e-3
@@ -92,8 +102,15 @@ def fp_name(data_set: str, weight: float) -> str:
 for _d in FP_SETS:
     for _w in FP_WEIGHTS:
         RECIPES[fp_name(_d, _w)] = Recipe(
-            "potential", "PotentialMLP", _POTENTIAL, data=_d, steps=4000, batch=512, lr=2e-3,
-            residual_weight=_w, collocation=512 if _w else 0,
+            "potential",
+            "PotentialMLP",
+            _POTENTIAL,
+            data=_d,
+            steps=4000,
+            batch=512,
+            lr=2e-3,
+            residual_weight=_w,
+            collocation=512 if _w else 0,
         )
 
 
