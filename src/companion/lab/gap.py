@@ -26,7 +26,7 @@ from torch import Tensor
 from ..sampling import sample as cp_sample
 from ..schedules import Schedule
 
-__all__ = ["sample_pair", "kde_score", "hessian_max_eig", "bound", "residual_stats"]
+__all__ = ["sample_pair", "kde_score", "hessian_max_eig", "bound", "residual_stats", "evaluate"]
 
 
 def sample_pair(
@@ -151,3 +151,55 @@ def residual_stats(
     r = penalty(x, t).reshape(n_t, n_x).double()
     centred = r - r.mean(1, keepdim=True)
     return {"mean_abs": float(r.abs().mean()), "mean_abs_centred": float(centred.abs().mean())}
+
+
+def evaluate(
+    net: torch.nn.Module,
+    truth: Tensor,
+    schedule: Schedule,
+    *,
+    n: int,
+    steps: int,
+    generator: torch.Generator,
+    w2: Callable[[Tensor, Tensor], float],
+    keep: int = 20,
+    bound_points: int = 4000,
+    bandwidth_factor: float = 0.5,
+    box: float = 4.0,
+) -> dict[str, Any]:
+    """Everything the chapter measures for one potential network (a ``PotentialMLP``): the paired ODE and SDE
+    samples from ``n`` common starting points, W2^2 (``w2``) of each to ``truth`` and to each other, the
+    residual statistics and the bound (on the first ``bound_points`` paths, KDE bandwidth
+    ``bandwidth_factor * sigma_t``)."""
+    from .train import fp_penalty
+
+    x_T = torch.randn(n, truth.shape[1], generator=generator)
+    out = sample_pair(net, x_T, schedule, steps=steps, generator=generator, keep=keep)
+    res = residual_stats(lambda x, t: fp_penalty(net, x, t), box, generator)
+    m = bound_points
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        return -net(x, t) / net.sigma(t)[:, None]
+
+    b = bound(
+        net.potential,
+        score,
+        schedule,
+        out["times"],
+        [p[:m] for p in out["sde_path"]],
+        [p[:m] for p in out["ode_path"]],
+        bandwidth=lambda t: bandwidth_factor * float(schedule.sigma(torch.tensor(t, dtype=torch.float64))),
+    )
+    return {
+        "ode": out["ode"],
+        "sde": out["sde"],
+        "ode_path": out["ode_path"],
+        "sde_path": out["sde_path"],
+        "times": out["times"],
+        "ode_truth": w2(out["ode"], truth),
+        "sde_truth": w2(out["sde"], truth),
+        "ode_sde": w2(out["ode"], out["sde"]),
+        "residual": res["mean_abs"],
+        "residual_centred": res["mean_abs_centred"],
+        "bound": b,
+    }
