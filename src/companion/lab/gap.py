@@ -181,14 +181,20 @@ def evaluate(
     def score(x: Tensor, t: Tensor) -> Tensor:
         return -net(x, t) / net.sigma(t)[:, None]
 
-    b = None if not keep else bound(
-        net.potential,
-        score,
-        schedule,
-        out["times"],
-        [p[:m] for p in out["sde_path"]],
-        [p[:m] for p in out["ode_path"]],
-        bandwidth=lambda t: bandwidth_factor * float(schedule.sigma(torch.tensor(t, dtype=torch.float64))),
+    b = (
+        None
+        if not keep
+        else bound(
+            net.potential,
+            score,
+            schedule,
+            out["times"],
+            [p[:m] for p in out["sde_path"]],
+            [p[:m] for p in out["ode_path"]],
+            bandwidth=lambda t: (
+                bandwidth_factor * float(schedule.sigma(torch.tensor(t, dtype=torch.float64)))
+            ),
+        )
     )
     return {
         "ode": out["ode"],
