@@ -91,7 +91,7 @@ RECIPES: dict[str, Recipe] = {
 #: The ODE-SDE gap chapter's potential models: ``fp_name(data, w_R)`` for each set and weight.
 FP_SETS = ("9gaussians", "rings", "checkerboard")
 FP_WEIGHTS = (0.0, 0.1, 1.0, 10.0)
-_POTENTIAL = {"dim": 2, "hidden": 64, "depth": 2}
+_POTENTIAL = {"dim": 2, "hidden": 80, "depth": 3}  # the paper's hidden widths, 80 x 3
 
 
 def fp_name(data_set: str, weight: float) -> str:
