@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import (
     adapters,
+    fokker_planck,
     gaussian_score,
     grids,
     interpolants,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "adapters",
+    "fokker_planck",
     "gaussian_score",
     "grids",
     "interpolants",

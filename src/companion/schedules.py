@@ -97,7 +97,7 @@ class Schedule(ABC):
     # --- validation at entry points ----------------------------------------------------------
     def check_t(self, t: float | Tensor, name: str = "t") -> None:
         """Raise ``ValueError`` unless every entry of ``t`` is finite and in ``[t_min, t_max]``."""
-        tt = _as_tensor(t)
+        tt = _as_tensor(t).detach()
         if not bool(torch.isfinite(tt).all()):
             raise ValueError(f"{name} must be finite; got {t!r}")
         lo, hi = float(tt.min()), float(tt.max())

@@ -32,6 +32,11 @@ SHIPPED = [
     "moons-mlp-eps",
     "8gaussians-mlp-eps",
     "checkerboard-mlp-eps",
+    *(
+        f"{d}-potential-wr{w}"
+        for d in ("9gaussians", "rings", "checkerboard")
+        for w in ("0", "0.1", "1", "10")
+    ),
 ]
 UNETS = ["digits-unet-eps", "digits-unet-v"]
 

@@ -23,6 +23,18 @@ TINY_MLP = train.Recipe(
     eval_samples=64,
     eval_steps=5,
 )
+TINY_POTENTIAL = train.Recipe(
+    "potential",
+    "PotentialMLP",
+    {"dim": 2, "hidden": 16, "depth": 2},
+    data="9gaussians",
+    steps=10,
+    batch=64,
+    eval_samples=64,
+    eval_steps=5,
+    residual_weight=1.0,
+    collocation=32,
+)
 TINY_UNET = train.Recipe(
     "digits", "DigitsUNet", {"ch": 8, "emb": 16, "num_classes": 10}, prediction="v", steps=3, batch=16
 )
@@ -36,10 +48,10 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("recipe", [TINY_MLP, TINY_UNET], ids=["mlp", "unet"])
+@pytest.mark.parametrize("recipe", [TINY_MLP, TINY_POTENTIAL, TINY_UNET], ids=["mlp", "potential", "unet"])
 def test_same_seed_same_weights_hash(tmp_path, recipe):
     # The UNet's quality figures need the shipped classifier, which is not the point here.
-    evaluate = recipe.task == "toy"
+    evaluate = recipe.task in ("toy", "potential")
     a = train.train("tiny", recipe, tmp_path / "a", evaluate=evaluate)
     b = train.train("tiny", recipe, tmp_path / "b", evaluate=evaluate)
     c = train.train("tiny", replace(recipe, seed=1), tmp_path / "c", evaluate=evaluate)
@@ -68,6 +80,26 @@ def test_recipes_are_well_formed():
         assert r.arch in models.ARCHITECTURES, name
         models.ARCHITECTURES[r.arch](**r.config)
         assert r.prediction in ((None,) if r.task == "classifier" else ("eps", "v")), name
+
+
+def test_the_gap_recipes_cover_every_set_and_weight():
+    names = {train.fp_name(d, w) for d in train.FP_SETS for w in train.FP_WEIGHTS}
+    assert names <= set(train.RECIPES) and len(names) == 12
+    for n in names:
+        r = train.RECIPES[n]
+        assert r.task == "potential" and (r.collocation > 0) == (r.residual_weight > 0)
+
+
+def test_the_residual_penalty_is_the_residual_per_unit_of_log_snr():
+    """fp_penalty = sigma^2 R / g^2 = R / (-2 d lambda / dt), R of the network's potential."""
+    from companion.fokker_planck import residual
+
+    net = models.PotentialMLP(hidden=8, depth=1).double()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.linspace(0.1, 0.9, 5, dtype=torch.float64)
+    sched = train.VPLinear(**train.SCHEDULE["params"])
+    want = sched.sigma(t) ** 2 / sched.g2(t) * residual(net.potential, sched, x, t)
+    torch.testing.assert_close(train.fp_penalty(net, x, t), want)
 
 
 def test_train_restores_the_determinism_flag(tmp_path):

@@ -4,13 +4,14 @@ need not.
 * :mod:`.claims`      the claims ledger a chapter records its verdicts in, and ``glue`` for numbers in prose
 * :mod:`.chapter`     the first call of every chapter: seeds, device, ledger
 * :mod:`.experiments` error against NFE, fitted orders, NFE to a matched error, divergence counts
-* :mod:`.metrics`     sample metrics (MMD and its noise floor)
+* :mod:`.metrics`     sample metrics (MMD and its noise floor, W2 between sample sets)
+* :mod:`.gap`         the ODE-SDE gap of a learned score: paired samplers, residual statistics, the W2 bound
 * :mod:`.digits_metrics` Frechet distance and accuracy in the features of the project's digits classifier
 * :mod:`.data`        sklearn's digits and generated 2-D data sets
 * :mod:`.models`      the networks the project trains and ships (safetensors + cards)
 * :mod:`.train`       ``python -m companion.lab.train``: the recipes that retrain them
 """
 
-from . import chapter, claims, data, digits_metrics, experiments, metrics, models
+from . import chapter, claims, data, digits_metrics, experiments, gap, metrics, models
 
-__all__ = ["chapter", "claims", "data", "digits_metrics", "experiments", "metrics", "models"]
+__all__ = ["chapter", "claims", "data", "digits_metrics", "experiments", "gap", "metrics", "models"]

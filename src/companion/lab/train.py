@@ -2,7 +2,9 @@
 
 Recipes (``python -m companion.lab.train --list``): MLP eps-models for 2-D toy sets, a class-conditional
 UNet for sklearn's 8x8 digits in eps and v prediction (label dropout for classifier-free guidance),
-and the digits classifier behind the quality metric (train it first: the UNet cards use it).
+and the digits classifier behind the quality metric (train it first: the UNet cards use it), and
+potential score models u(x, t) (score = grad u) for three 2-D sets, each trained by denoising score matching
+plus w_R times the mean squared Fokker-Planck residual (Deveney et al. 2025), w_R in {0, 0.1, 1, 10}.
 
 Diffusion models learn the continuous-time VP SDE ``VPLinear(0.1, 20)`` (Song et al. 2021) with
 t ~ U(1e-3, 1): any solver grid is then in-distribution, and the 1000-step DDPM linear schedule is
@@ -28,12 +30,24 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..fokker_planck import residual as fp_residual
 from ..sampling import sample as cp_sample
 from ..schedules import VPLinear
 from . import data
 from .models import io, nets
 
-__all__ = ["Recipe", "RECIPES", "train", "train_interpolant", "eval_sample", "main"]
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "FP_SETS",
+    "FP_WEIGHTS",
+    "fp_name",
+    "fp_penalty",
+    "train",
+    "train_interpolant",
+    "eval_sample",
+    "main",
+]
 
 SCHEDULE = {"name": "vp_linear", "params": {"beta_min": 0.1, "beta_max": 20.0}}
 T_EPS = 1e-3
@@ -43,7 +57,7 @@ T_EPS = 1e-3
 class Recipe:
     """Everything a training run depends on; it is written into the model's card."""
 
-    task: str  # "toy", "digits" or "classifier"
+    task: str  # "toy", "potential", "digits" or "classifier"
     arch: str
     config: dict[str, Any] = field(default_factory=dict)
     data: str = "digits"
@@ -56,6 +70,10 @@ class Recipe:
     seed: int = 0
     eval_samples: int = 1000
     eval_steps: int = 25
+    # task "potential": the residual's weight w_R, collocation points per step, uniform on [-box, box]^d
+    residual_weight: float = 0.0
+    collocation: int = 0
+    box: float = 4.0
 
 
 _MLP = {"dim": 2, "hidden": 128, "depth": 3}
@@ -70,6 +88,45 @@ RECIPES: dict[str, Recipe] = {
     "8gaussians-mlp-eps": Recipe("toy", "MLPScore", _MLP, data="8gaussians", steps=4000, batch=512),
     "checkerboard-mlp-eps": Recipe("toy", "MLPScore", _MLP, data="checkerboard", steps=4000, batch=512),
 }
+
+#: The ODE-SDE gap chapter's potential models: ``fp_name(data, w_R)`` for each set and weight.
+FP_SETS = ("9gaussians", "rings", "checkerboard")
+FP_WEIGHTS = (0.0, 0.1, 1.0, 10.0)
+_POTENTIAL = {"dim": 2, "hidden": 80, "depth": 3}  # the paper's hidden widths, 80 x 3
+
+
+def fp_name(data_set: str, weight: float) -> str:
+    """The recipe name of the potential model for ``data_set`` trained with residual weight ``weight``."""
+    return f"{data_set}-potential-wr{weight:g}"
+
+
+for _d in FP_SETS:
+    for _w in FP_WEIGHTS:
+        RECIPES[fp_name(_d, _w)] = Recipe(
+            "potential",
+            "PotentialMLP",
+            _POTENTIAL,
+            data=_d,
+            steps=4000,
+            batch=512,
+            lr=2e-3,
+            residual_weight=_w,
+            collocation=512 if _w else 0,
+        )
+
+
+def fp_penalty(net: nn.Module, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
+    """R / (-2 d lambda / dt) = sigma_t^2 R / g_t^2 for a :class:`~.models.nets.PotentialMLP`: the
+    Fokker-Planck residual per unit of log-SNR (lambda the half log-SNR).
+
+    R is a rate in t, of order g^2 / sigma^2 times the error of the eps prediction; per unit of log-SNR it
+    is of the order of that error, the unit of the denoising loss, on every schedule and at every t (the
+    paper's unweighted mean of R^2 on t in [1e-5, 10] is dominated by its smallest times).
+    """
+    sched = VPLinear(**SCHEDULE["params"])
+    r = fp_residual(net.potential, sched, x, t, create_graph=create_graph)
+    t64 = t.to(torch.float64)
+    return (sched.sigma(t64) ** 2 / sched.g2(t64)).to(x.dtype) * r
 
 
 def train_interpolant(
@@ -126,7 +183,7 @@ def _lr_at(step: int, recipe: Recipe) -> float:
 
 
 def _batch_sampler(recipe: Recipe, g: torch.Generator) -> Callable[[], tuple[Tensor, Tensor | None]]:
-    if recipe.task == "toy":
+    if recipe.task in ("toy", "potential"):
         return lambda: (data.sample_toy(recipe.data, recipe.batch, g), None)
     x, y = data.digits("train")
 
@@ -154,7 +211,19 @@ def _diffusion_loss(
     return F.mse_loss(net(xt, t.float(), y), target)
 
 
+def _potential_loss(net: nn.Module, x0: Tensor, recipe: Recipe, g: torch.Generator) -> Tensor:
+    loss = _diffusion_loss(net, x0, None, recipe, g)
+    if recipe.residual_weight > 0:
+        n, d = recipe.collocation, x0.shape[1]
+        xc = (2 * torch.rand(n, d, generator=g) - 1) * recipe.box
+        tc = T_EPS + (1 - T_EPS) * torch.rand(n, generator=g)
+        loss = loss + recipe.residual_weight * fp_penalty(net, xc, tc, create_graph=True).square().mean()
+    return loss
+
+
 def _step_loss(recipe: Recipe) -> Callable[[nn.Module, Tensor, Tensor | None, torch.Generator], Tensor]:
+    if recipe.task == "potential":
+        return lambda net, x, y, g: _potential_loss(net, x, recipe, g)
     if recipe.task == "classifier":
         return lambda net, x, y, g: F.cross_entropy(net(x), y)
     return lambda net, x, y, g: _diffusion_loss(net, x, y, recipe, g)
@@ -168,8 +237,10 @@ def train(
         if name not in RECIPES:
             raise ValueError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
         recipe = RECIPES[name]
-    if recipe.task not in ("toy", "digits", "classifier"):
-        raise ValueError(f"recipe.task must be 'toy', 'digits' or 'classifier'; got {recipe.task!r}")
+    if recipe.task not in ("toy", "potential", "digits", "classifier"):
+        raise ValueError(
+            f"recipe.task must be 'toy', 'potential', 'digits' or 'classifier'; got {recipe.task!r}"
+        )
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -271,13 +342,18 @@ def _quality(name: str, net: nn.Module, recipe: Recipe, out: str | Path | None) 
         "solver": f"DPM-Solver++(2M), {recipe.eval_steps} steps, log-SNR grid, t from 1 to {T_EPS}",
         "n": n,
     }
-    if recipe.task == "toy":
+    if recipe.task in ("toy", "potential"):
         gen = eval_sample(
             model.cond(None), torch.randn(n, 2, generator=g), recipe.prediction, recipe.eval_steps
         )
         real_a, real_b = data.sample_toy(recipe.data, n, g), data.sample_toy(recipe.data, n, g)
         q["energy_distance"] = _energy_distance(gen, real_a)
         q["energy_distance_real_vs_real"] = _energy_distance(real_b, real_a)
+        if recipe.task == "potential":
+            xc = (2 * torch.rand(4096, 2, generator=g) - 1) * recipe.box
+            tc = T_EPS + (1 - T_EPS) * torch.rand(4096, generator=g)
+            q["residual_rms"] = float(fp_penalty(net, xc, tc).square().mean().sqrt())
+            q["residual_note"] = "RMS of sigma^2 R / g^2 on 4096 collocation points, uniform in the box and t"
         return q
     from . import digits_metrics as dm
 

@@ -4,7 +4,16 @@ Every generator takes an explicit ``torch.Generator`` (or a seed) so a training 
 """
 
 from .digits import digits, digits_split
-from .toy2d import TOY_SETS, checkerboard, eight_gaussians, sample_toy, swiss_roll, two_moons
+from .toy2d import (
+    TOY_SETS,
+    checkerboard,
+    eight_gaussians,
+    nine_gaussians,
+    sample_toy,
+    swiss_roll,
+    two_moons,
+    two_rings,
+)
 
 __all__ = [
     "digits",
@@ -13,6 +22,8 @@ __all__ = [
     "sample_toy",
     "two_moons",
     "eight_gaussians",
+    "nine_gaussians",
+    "two_rings",
     "checkerboard",
     "swiss_roll",
 ]

@@ -12,7 +12,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["two_moons", "eight_gaussians", "checkerboard", "swiss_roll", "sample_toy", "TOY_SETS"]
+__all__ = [
+    "two_moons",
+    "eight_gaussians",
+    "nine_gaussians",
+    "two_rings",
+    "checkerboard",
+    "swiss_roll",
+    "sample_toy",
+    "TOY_SETS",
+]
 
 
 def _check(n: int, generator: torch.Generator | None) -> torch.Generator:
@@ -44,6 +53,28 @@ def eight_gaussians(
     return (centres + std * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
 
 
+#: Centres and std of :func:`nine_gaussians` (its exact law is a Gaussian mixture).
+NINE_CENTRES = [(float(i), float(j)) for i in (-2, 0, 2) for j in (-2, 0, 2)]
+NINE_STD = 0.2
+
+
+def nine_gaussians(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Nine equally weighted Gaussian blobs with std 0.2 on the grid {-2, 0, 2}^2."""
+    g = _check(n, generator)
+    k = torch.randint(0, 9, (n,), generator=g)
+    centres = torch.tensor(NINE_CENTRES, dtype=torch.float64)[k]
+    return (centres + NINE_STD * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
+def two_rings(n: int, generator: torch.Generator | None = None, noise: float = 0.08) -> Tensor:
+    """Two concentric circles of radii 1 and 2 with equal mass (sklearn's ``make_circles``, scaled), plus noise."""
+    g = _check(n, generator)
+    u = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
+    r = torch.where(torch.rand(n, generator=g) < 0.5, 1.0, 2.0).to(torch.float64)
+    pts = r[:, None] * torch.stack([torch.cos(u), torch.sin(u)], dim=1)
+    return (pts + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
 def checkerboard(n: int, generator: torch.Generator | None = None) -> Tensor:
     """Uniform on the 8 black squares of a 4x4 checkerboard on [-2, 2]^2."""
     g = _check(n, generator)
@@ -64,6 +95,8 @@ def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 
 TOY_SETS: dict[str, Callable[..., Tensor]] = {
     "moons": two_moons,
     "8gaussians": eight_gaussians,
+    "9gaussians": nine_gaussians,
+    "rings": two_rings,
     "checkerboard": checkerboard,
     "swissroll": swiss_roll,
 }

@@ -20,7 +20,7 @@ from .io import (
     sha256,
     shipped_dir,
 )
-from .nets import ARCHITECTURES, DigitsClassifier, DigitsUNet, MLPScore, TimeEmbedding
+from .nets import ARCHITECTURES, DigitsClassifier, DigitsUNet, MLPScore, PotentialMLP, TimeEmbedding
 
 __all__ = [
     "load",
@@ -35,6 +35,7 @@ __all__ = [
     "Model",
     "WeightsError",
     "MLPScore",
+    "PotentialMLP",
     "DigitsUNet",
     "DigitsClassifier",
     "TimeEmbedding",

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["TimeEmbedding", "MLPScore", "DigitsUNet", "DigitsClassifier", "ARCHITECTURES"]
+__all__ = ["TimeEmbedding", "MLPScore", "PotentialMLP", "DigitsUNet", "DigitsClassifier", "ARCHITECTURES"]
 
 
 def _batch_t(t: Tensor | float, x: Tensor) -> Tensor:
@@ -57,6 +57,55 @@ class MLPScore(nn.Module):
         for block in self.blocks:
             h = h + block(F.silu(h + emb))
         return self.out(F.silu(h))
+
+
+class PotentialMLP(nn.Module):
+    """A score that is a gradient: u(x, t) = -|x|^2 / 2 + N(x, t) / sigma(t), score = grad_x u,
+    eps = -sigma grad_x u = sigma x - grad_x N.
+
+    N is a smooth MLP (SiLU, so that the Laplacian and the time derivative of the Fokker-Planck residual
+    exist) of (x, t, log sigma(t)); sigma is that of ``VPLinear(beta_min, beta_max)``. Dividing by sigma
+    lets N stay of order one where the score is of order 1 / sigma; the N(0, I) term is the exact
+    log-density at t = 1 and keeps the tails, where no data are seen, pulled in (an MLP alone extrapolates
+    linearly and lets the ODE's far samples run away). ``forward`` returns the eps prediction
+    (so the solvers and :class:`~companion.lab.models.Model` use it as any eps network); :meth:`potential`
+    returns u, the learned log-density up to a function of t.
+    """
+
+    def __init__(
+        self, dim: int = 2, hidden: int = 64, depth: int = 2, beta_min: float = 0.1, beta_max: float = 20.0
+    ):
+        super().__init__()
+        self.dim, self.num_classes = dim, 0
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        layers: list[nn.Module] = [nn.Linear(dim + 2, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(hidden, 1))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """sigma(t) of VPLinear(beta_min, beta_max), in the dtype of t (differentiable)."""
+        log_mean = -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        return torch.sqrt(-torch.expm1(2.0 * log_mean))
+
+    def _n(self, x: Tensor, t: Tensor) -> Tensor:
+        s = self.sigma(t)
+        return self.mlp(torch.cat([x, t[:, None], torch.log(s)[:, None]], dim=1)).squeeze(1)
+
+    def potential(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """u(x, t) of shape (B,) for x of shape (B, dim)."""
+        tt = _batch_t(t, x)
+        return self._n(x, tt) / self.sigma(tt) - 0.5 * x.square().sum(1)
+
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        # The eps prediction -sigma grad u = -grad N needs autograd even under no_grad (sampling); the
+        # graph is kept only while training or when x itself carries one, so sampling loops stay flat.
+        keep = torch.is_grad_enabled() and (self.training or x.requires_grad)
+        tt = _batch_t(t, x)
+        with torch.enable_grad():
+            xg = x if (keep and x.requires_grad) else x.detach().requires_grad_(True)
+            (gn,) = torch.autograd.grad(self._n(xg, tt).sum(), xg, create_graph=keep)
+        return self.sigma(tt)[:, None] * x - gn
 
 
 def _labels(y: Tensor | None, x: Tensor, num_classes: int) -> Tensor:
@@ -141,6 +190,7 @@ class DigitsClassifier(nn.Module):
 #: Architectures a weights card may name; loading builds ``ARCHITECTURES[card["arch"]](**card["config"])``.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "MLPScore": MLPScore,
+    "PotentialMLP": PotentialMLP,
     "DigitsUNet": DigitsUNet,
     "DigitsClassifier": DigitsClassifier,
 }
