@@ -21,7 +21,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["median_bandwidth", "mmd2", "mmd2_noise_floor", "binned_kl", "w2_squared", "W2_EXACT_MAX", "W2_METHODS"]
+__all__ = [
+    "median_bandwidth",
+    "mmd2",
+    "mmd2_noise_floor",
+    "binned_kl",
+    "w2_squared",
+    "W2_EXACT_MAX",
+    "W2_METHODS",
+]
 
 #: The largest sample set :func:`w2_squared` solves exactly (the cost matrix has n * m float64 entries).
 W2_EXACT_MAX = 10_000
