@@ -90,6 +90,28 @@ def test_the_gap_recipes_cover_every_set_and_weight():
         assert r.task == "potential" and (r.collocation > 0) == (r.residual_weight > 0)
 
 
+def test_the_paper_sized_recipes_and_the_full_retraining_path(tmp_path):
+    """Chapter 07's FULL=True branch: fp_paper_recipe, train into a folder, load from it (here at tiny
+    sizes; the paper's are 100k steps of 200k samples and 50k collocation points)."""
+    r = train.fp_paper_recipe("rings", 1.0)
+    assert (r.steps, r.batch, r.collocation) == (100_000, 200_000, 50_000)
+    assert r.residual_weight == 1.0 and r.data == "rings"
+    assert train.fp_paper_recipe("rings", 0.0).collocation == 0
+    tiny = train.fp_paper_recipe("rings", 1.0, steps=3, batch=32, collocation=16)
+    name = train.fp_name("rings", 1.0)
+    train.train(name, replace(tiny, eval_samples=64, eval_steps=5), tmp_path)
+    m = models.load(name, tmp_path)
+    assert models.load_card(name, tmp_path)["recipe"]["collocation"] == 16
+    x, t = torch.zeros(4, 2), torch.full((4,), 0.5)
+    assert torch.isfinite(m.net.potential(x, t)).all()
+    with pytest.raises(ValueError, match="data_set"):
+        train.fp_paper_recipe("moons", 1.0)
+    with pytest.raises(ValueError, match="steps"):
+        train.fp_paper_recipe("rings", 1.0, steps=0)
+    with pytest.raises(TypeError, match="sizes"):
+        train.fp_paper_recipe("rings", 1.0, epochs=3)
+
+
 def test_the_residual_penalty_is_the_residual_per_unit_of_log_snr():
     """fp_penalty = sigma^2 R / g^2 = R / (-2 d lambda / dt), R of the network's potential."""
     from companion.fokker_planck import residual
