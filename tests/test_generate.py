@@ -63,16 +63,31 @@ def reference(tmp_path_factory, one_thread) -> Path:
     return out
 
 
-def test_torchrun_two_processes_write_the_same_bytes_as_one(reference, tmp_path):
-    out = tmp_path / "ws2"
+def _torchrun(out: Path, **env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["-m", "companion.generate", *ARGS, "--batch-size", "64", "--out", str(out)]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=120)
+
+
+def test_torchrun_two_processes_write_the_same_bytes_as_one(reference, tmp_path):
+    out = tmp_path / "ws2"
+    r = _torchrun(out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _shards(out) == _shards(reference)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["environment"]["world_size"] == 2
     assert manifest["shards"] == json.loads((reference / "manifest.json").read_text())["shards"]
+
+
+def test_torchrun_ranks_that_crash_leave_no_partial_shard_and_resume(reference, tmp_path):
+    out = tmp_path / "ws2-crash"
+    # Each rank dies abruptly as its second shard (shards 2 and 3) sits under a temporary name.
+    r = _torchrun(out, COMPANION_GENERATE_CRASH="2")
+    assert r.returncode != 0
+    assert sorted(_shards(out)) == ["shard-000000.safetensors", "shard-000001.safetensors"]
+    r = _torchrun(out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _shards(out) == _shards(reference)
 
 
 def test_a_crashed_run_resumes_to_the_same_output(reference, tmp_path):
@@ -186,3 +201,31 @@ def test_import_companion_loads_neither_the_command_nor_torch_distributed():
     )
     r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[] False"
+
+
+def test_the_console_scripts_work_after_a_non_editable_install(tmp_path):
+    """The Colab/pip path: a regular (non-editable) install, run from an empty folder."""
+    pytest.importorskip("setuptools")
+    root = Path(SRC).parent
+    src = tmp_path / "checkout"
+    shutil.copytree(root / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target"]
+    r = subprocess.run([*pip, str(target), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (target / "bin" / "companion.generate").is_file()
+    env = {**_env(), "PYTHONPATH": str(target)}
+    work = tmp_path / "empty"
+    work.mkdir()
+    cmd = [str(target / "bin" / "companion-generate"), "--model", "moons-mlp-eps", "--num-samples", "8"]
+    r = subprocess.run(
+        [*cmd, "--steps", "2", "--out", "out"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((work / "out" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["config"]["model_fingerprint"].startswith("sha256:")
+    code = "import companion.generate as g; print(g.__file__)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
+    assert r.stdout.strip().startswith(str(target)), r.stdout
