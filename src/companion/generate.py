@@ -409,8 +409,8 @@ def _plan(job: Job, local_rank: int = 0) -> _Plan:
         "prediction": model.prediction,
         "shape": list(model.shape),
         "solver": job.solver,
-        "options": dict(sorted(job.options.items())),
-        "solver_built": repr(solver),
+        # Every option with its value as built (defaults included): `-O order=2` names the default solver.
+        "options": {f.name: getattr(solver, f.name) for f in dataclasses.fields(solver)},
         "steps": job.steps,
         "grid": job.grid,
         "t_start": job.t_start,
@@ -430,7 +430,7 @@ def _plan(job: Job, local_rank: int = 0) -> _Plan:
         "device_type": device.type,
         "file_format": job.format,
     }
-    config = json.loads(json.dumps(config))  # what the manifest will hold, compared like for like
+    config = json.loads(json.dumps(config, default=repr))  # as the manifest will hold it, compared alike
     n_shards = -(-job.n // job.shard_size)
     return _Plan(job, model, solver, config, device, dtype, labels, n_shards)
 
@@ -548,7 +548,7 @@ def _chunked(fn: Callable[..., Tensor], chunk: int, y: Tensor | None) -> Callabl
 
     def model(x: Tensor, t: Tensor) -> Tensor:
         b = x.shape[0]
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+        t = torch.as_tensor(t, device=x.device)
         t = t.expand(b) if t.dim() == 0 else t.reshape(b)
         pad = (-b) % chunk
         if pad:
