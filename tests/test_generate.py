@@ -234,3 +234,33 @@ def test_the_console_scripts_work_after_a_non_editable_install(tmp_path):
     code = "import companion.generate as g; print(g.__file__)"
     r = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
     assert r.stdout.strip().startswith(str(target)), r.stdout
+
+
+def gaussian_mixture():
+    """A ``module:function`` model for the tests: an exact-score 2-D mixture under VP-linear."""
+    import companion as cp
+
+    sched = cp.schedules.VPLinear()
+    gmm = cp.targets.GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), covs=0.1)
+    return {"model": gmm.model(sched, prediction="eps"), "schedule": sched, "shape": (2,)}
+
+
+def test_a_module_function_model_in_float64_with_torch_files(tmp_path):
+    """``module:function``, ``--format pt`` (read back with weights_only=True) and float64 give the samples
+    of a direct cp.sample call on each sample's seed, for a stochastic solver too."""
+    import companion as cp
+    from companion.noise import PerSampleNoise
+
+    job = dict(model="test_generate:gaussian_mixture", n=12, shard_size=5, steps=6, dtype="float64")
+    for solver in ("unipc", "sde-dpmsolver++"):
+        out = tmp_path / solver
+        G.generate(**job, solver=solver, format="pt", batch_size=4, out=str(out), progress=False)
+        assert sorted(p.suffix for p in out.glob("shard-*")) == [".pt"] * 3
+        x, y = G.load(out)
+        noise = PerSampleNoise(torch.arange(12))  # seed 0: sample i's seed is i
+        spec = gaussian_mixture()
+        kw = {"noise": noise} if solver != "unipc" else {}
+        want = cp.sample(spec["model"], noise.randn(2, dtype=torch.float64), schedule=spec["schedule"],
+                         solver=solver, steps=6, t_end=1e-3, **kw)  # fmt: skip
+        torch.testing.assert_close(x, want, rtol=1e-12, atol=1e-12)
+        assert x.dtype == torch.float64 and bool((y == -1).all())
