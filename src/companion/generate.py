@@ -888,7 +888,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank == 0:
         n_done = sum(r["stop"] - r["start"] for r in m["shards"].values())
         print(
-            f"companion.generate: {n_done} samples in {len(m['shards'])} shards in {job.out}", file=sys.stderr
+            f"companion.generate: {n_done} samples in {len(m['shards'])} shard(s) in {job.out}",
+            file=sys.stderr,
         )
     return 0
 
