@@ -264,3 +264,21 @@ def test_a_module_function_model_in_float64_with_torch_files(tmp_path):
                          solver=solver, steps=6, t_end=1e-3, **kw)  # fmt: skip
         torch.testing.assert_close(x, want, rtol=1e-12, atol=1e-12)
         assert x.dtype == torch.float64 and bool((y == -1).all())
+
+
+def test_a_diffusers_model_folder(tmp_path, one_thread):
+    """A folder saved by diffusers (UNet and scheduler) goes through the adapter; its weights' hash is part
+    of the configuration."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
+        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    folder = tmp_path / "pipe"
+    unet.save_pretrained(folder / "unet")
+    diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
+    m = G.generate(model=str(folder), n=6, steps=3, shard_size=6, out=str(tmp_path / "out"), progress=False)
+    assert m["config"]["shape"] == [2, 8, 8] and m["config"]["model_fingerprint"].startswith("sha256:")
+    x, _ = G.load(tmp_path / "out")
+    assert x.shape == (6, 2, 8, 8) and bool(torch.isfinite(x).all())
