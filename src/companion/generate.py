@@ -882,8 +882,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         m = generate(job, progress=a.progress)
     except GenerateError as err:
-        if rank == 0:
-            print(f"companion.generate: error: {err}", file=sys.stderr)
+        # Every rank says it: under torchrun the first rank to exit gets the others stopped, rank 0 included.
+        where = f" (rank {rank})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"companion.generate: error{where}: {err}", file=sys.stderr)
         return 2
     if rank == 0:
         n_done = sum(r["stop"] - r["start"] for r in m["shards"].values())
