@@ -761,6 +761,7 @@ def evaluate(out: str | Path, *, reference: str = "test") -> dict[str, Any]:
         # The data lie in [-1, 1]: a pixel beyond 1.5 marks a sample off the data (as chapter 03 counts).
         res["fraction_beyond_1.5"] = float((f.abs() > 1.5).any(1).double().mean()) if f.numel() else None
         clf = dm.classifier()
+        clf.net.float()  # as trained, whatever the caller's default dtype: the result must not depend on it
         ref, _ = digits(reference)
         xf = torch.nan_to_num(x.float())
         res["digits_fd"] = dm.digits_fd(xf, ref, clf)

@@ -45,16 +45,22 @@ def classifier(root=None) -> Model:
     return load(CLASSIFIER, root)
 
 
+def _as_input(x: Tensor, clf: Model) -> Tensor:
+    # The classifier's own dtype and device: it is built in the default dtype, which chapters set to float64.
+    p = next(clf.net.parameters())
+    return x.to(device=p.device, dtype=p.dtype).clamp(-1, 1)
+
+
 @torch.no_grad()
 def features(x: Tensor, clf: Model) -> Tensor:
-    """Penultimate-layer features (N, 64) of images (N, 1, 8, 8) in [-1, 1]."""
-    return clf.net.features(x.float().clamp(-1, 1))
+    """Penultimate-layer features (N, 64) of images (N, 1, 8, 8) in [-1, 1], in the classifier's dtype."""
+    return clf.net.features(_as_input(x, clf))
 
 
 @torch.no_grad()
 def class_accuracy(x: Tensor, y: Tensor, clf: Model) -> float:
     """Fraction of images ``x`` that the classifier labels ``y``."""
-    return float((clf.net(x.float().clamp(-1, 1)).argmax(1) == y).double().mean())
+    return float((clf.net(_as_input(x, clf)).argmax(1) == y).double().mean())
 
 
 def digits_fd(x: Tensor, reference: Tensor, clf: Model) -> float:
