@@ -244,6 +244,21 @@ class Evaluator:
             return torch.add(out, x, alpha=cx / co), co  # out may be fp16/bf16: the sum has x's dtype
         return lincomb([(cx, x), (co, out)]), 1.0
 
+    def scaled_into(self, x: Tensor, point, buf: Tensor | None) -> tuple[Tensor, Coef, bool]:
+        """:meth:`scaled`, writing u into ``buf`` (a tensor like x that nobody else holds) when u is a new
+        tensor; returns (u, c, fresh), ``fresh`` when u is a tensor of ours (``buf`` or a new one) that the
+        caller may reuse once it is done with it, rather than the model's own output."""
+        out, cx, co = self.linear(x, point)
+        if isinstance(cx, float) and cx == 0.0:
+            if out.dtype == x.dtype:
+                return out, co, False
+            return out.to(x.dtype), co, True
+        if isinstance(co, float) and co != 0.0:
+            if buf is not None and not (out.requires_grad or x.requires_grad) and buf.shape == x.shape:
+                return torch.add(out, x, alpha=cx / co, out=buf), co, True
+            return torch.add(out, x, alpha=cx / co), co, True
+        return lincomb([(cx, x), (co, out)]), 1.0, True
+
     def __call__(self, x: Tensor, point) -> Tensor:
         """The prediction m at (x, t) as a tensor."""
         u, c = self.scaled(x, point)

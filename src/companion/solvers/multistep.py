@@ -174,7 +174,8 @@ def loop(
     n, K = len(orders), len(prep.b)
     plan, a_, b_, ac_, bc_, s_ = prep.plan, prep.a, prep.b, prep.ac, prep.bc, prep.s
     corrector = ac_
-    hist: list[tuple[Tensor, object]] = []  # (u, c) with m = c u, newest first (see Evaluator.scaled)
+    hist: list[tuple[Tensor, object, bool]] = []  # (u, c, ours) with m = c u, newest first (Evaluator.scaled)
+    spare: Tensor | None = None
     x_prev, own_prev = x, False
     fold = K == 1 and corrector is None  # no history: m = cx x + co out folds into the update itself
     # A state this loop allocated and nobody else holds is updated in place (one allocation and one cache
@@ -192,18 +193,24 @@ def loop(
             if hook is not None:
                 x = hook(i, x)
             continue
-        u, c = ev.scaled(x, plan[i])
+        # The prediction dropped from the history last step is ours and unused: u is written into it.
+        u, c, fresh = ev.scaled_into(x, plan[i], spare)
+        spare = None
         if corrector is not None and i > 0:
             # UniC: re-solve step i-1 with the new evaluation (taken at the predicted x_i, and kept). x_prev
             # (the corrected x_{i-1}) is needed no more, so it takes the result when this loop owns it.
             p = orders[i - 1]
-            terms = [(ac_[i - 1], x_prev)] + [(bc_[j][i - 1] * cj, uj) for j, (uj, cj) in enumerate(hist[:p])]
+            terms = [(ac_[i - 1], x_prev)] + [
+                (bc_[j][i - 1] * cj, uj) for j, (uj, cj, _) in enumerate(hist[:p])
+            ]
             terms = terms + [(bc_[K][i - 1] * c, u)]
             x = lincomb(terms, inplace=own_prev and can_update(x_prev, [v for _, v in terms[1:]] + [x]))
             own = hook is None
-        hist = [(u, c)] + hist[: K - 1]
+        if len(hist) == K and hist[-1][2] and K > 1:
+            spare = hist[-1][0]
+        hist = [(u, c, fresh)] + hist[: K - 1]
         x_prev, own_prev = x, own
-        terms = [(a_[i], x)] + [(b_[j][i] * cj, uj) for j, (uj, cj) in enumerate(hist[: orders[i]])]
+        terms = [(a_[i], x)] + [(b_[j][i] * cj, uj) for j, (uj, cj, _) in enumerate(hist[: orders[i]])]
         if s_ is not None:
             terms.append((s_[i], draw(i)))  # a companion.noise stream
         # With a corrector x is also x_prev, which the next correction reads: then the result is fresh.
