@@ -10,7 +10,9 @@ Keys are built **by value**, never by object identity: the schedule's class and 
 everything else the tables depend on. A schedule mutated in place therefore gets a new key (no stale
 tables), and two schedule objects with equal parameters share one entry. A schedule holding anything
 else (a callable, an arbitrary object) has no value key, and such runs are not cached.
-The cache is a least-recently-used dict of at most :func:`set_maxsize` entries (default 32).
+The cache is a least-recently-used dict of at most :func:`set_maxsize` entries (default 32). The time
+tensors a cached run hands the model are shared with later runs: a model must not modify its ``t`` in place
+(``set_maxsize(0)`` turns the cache off).
 """
 
 from __future__ import annotations
