@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from . import cache
 from . import multistep as ms
 from .base import Points, first_order
 from .problem import Problem
@@ -52,13 +53,21 @@ class DDIM(Solver):
         return OrderCheck(1.0, kind="strong" if self.eta > 0 else "ode")
 
     def __call__(self, prob: Problem) -> Tensor:
-        pts = prob.points(prob.grid(prob.steps))
         ev = prob.evaluator("x0")
+        if self.eta == 0.0:
+            t = prob.grid(prob.steps)
+
+            def build():
+                pts = prob.points(t)
+                a, b = first_order("x0", pts[:-1], pts[1:])
+                return ms.prepare(ev, prob.x, pts, a, b[:, None])
+
+            prep = cache.get_or_build(ms.run_key(prob, ev, t, ("ddim", self)), build)
+            hook = prob.step_hook(ev, torch.as_tensor(t, dtype=torch.float64))
+            return ms.loop(ev, prob.x, [1] * (t.shape[0] - 1), prep, hook=hook)
+        pts = prob.points(prob.grid(prob.steps))
         n = pts.t.shape[0] - 1
         hook = prob.step_hook(ev, pts.t)
-        if self.eta == 0.0:
-            a, b = first_order("x0", pts[:-1], pts[1:])
-            return ms.run(ev, prob.x, pts, [1] * n, a, b[:, None], hook=hook)
         a, b, std = ddim_noise_coefs(pts, self.eta)
         return ms.run(
             ev,

@@ -62,6 +62,10 @@ class DEIS(Solver):
         bh = self.corrector
         corr = None if bh is None else (lambda pts, o: unic_coefs("eps", pts, o, bh))
         if self.variant == "logrho":
-            return ms.solve(prob, "eps", self.order, lambda pts, o: dpm_coefs("eps", pts, o, "heun"), corr)
+            return ms.solve(
+                prob, "eps", self.order, lambda pts, o: dpm_coefs("eps", pts, o, "heun"), corr, key=self
+            )
         t_of_lambda = prob.schedule.t_of_lambda
-        return ms.solve(prob, "eps", self.order, lambda pts, o: deis_tab_coefs(pts, o, t_of_lambda), corr)
+        return ms.solve(
+            prob, "eps", self.order, lambda pts, o: deis_tab_coefs(pts, o, t_of_lambda), corr, key=self
+        )

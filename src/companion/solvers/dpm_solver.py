@@ -130,7 +130,12 @@ class DPMSolver(Solver):
             bh = self.corrector
             corr = None if bh is None else (lambda pts, o: unic_coefs(self.pred, pts, o, bh))
             return ms.solve(
-                prob, self.pred, self.order, lambda pts, o: dpm_coefs(self.pred, pts, o, self.variant), corr
+                prob,
+                self.pred,
+                self.order,
+                lambda pts, o: dpm_coefs(self.pred, pts, o, self.variant),
+                corr,
+                key=self,
             )
         if self.method in ("singlestep", "singlestep_fixed"):
             from .singlestep import run_singlestep

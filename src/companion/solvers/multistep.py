@@ -10,14 +10,28 @@ the loop in :func:`run` only forms linear combinations.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .base import Evaluator, Points, base_coefs, first_order, kernel, lincomb, rows
+from . import cache
+from .base import Evaluator, Points, base_coefs, can_update, first_order, kernel, lincomb, rows
 from .problem import Problem
 
-__all__ = ["step_orders", "nodes", "by_order", "alloc", "coefs", "run", "solve"]
+__all__ = [
+    "step_orders",
+    "nodes",
+    "by_order",
+    "alloc",
+    "coefs",
+    "Prepared",
+    "prepare",
+    "run_key",
+    "run",
+    "loop",
+    "solve",
+]
 
 
 def step_orders(n: int, order: int, lam: Tensor, lower_order_final: float = 0) -> list[int]:
@@ -72,6 +86,66 @@ def coefs(pred: str, pts: Points, orders: list[int], weights: Callable) -> tuple
     return A, B
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a multistep loop needs before its first model call: the evaluator's per-step plan and
+    the step coefficients as rows (Python floats, or per-sample tensors on x's device)."""
+
+    plan: list
+    a: list
+    b: list
+    ac: list | None = None
+    bc: list | None = None
+    s: list | None = None
+
+
+def prepare(
+    ev: Evaluator,
+    x: Tensor,
+    pts: Points,
+    A: Tensor,
+    B: Tensor,
+    corrector: tuple[Tensor, Tensor] | None = None,
+    noise: Tensor | None = None,
+) -> Prepared:
+    """The loop's tables for grid ``pts`` and coefficients (A, B[, corrector][, noise std])."""
+    K = B.shape[1]
+    ac = bc = None
+    if corrector is not None:
+        ac, bc = rows(corrector[0], x), [rows(corrector[1][:, j], x) for j in range(K + 1)]
+    return Prepared(
+        ev.plan(pts.t[:-1], x),
+        rows(A, x),
+        [rows(B[:, j], x) for j in range(K)],
+        ac,
+        bc,
+        rows(noise, x) if noise is not None else None,
+    )
+
+
+def run_key(prob: Problem, ev: Evaluator, t: Tensor, tag: object) -> tuple | None:
+    """The cache key (by value, :mod:`.cache`) of a deterministic run's tables: ``tag`` (the solver and
+    its options), the schedule, the grid ``t``, the model's prediction and the integrated one, whether
+    ``x0_fn`` and the callback's denoised output are on, and x's dtype, device, batch size and rank."""
+    sk = cache.value_key(prob.schedule)
+    if sk is None:
+        return None
+    x = prob.x
+    return (
+        cache._value(tag),
+        sk,
+        cache._value(t),
+        prob.prediction,
+        ev.target,
+        prob.x0_fn is not None,
+        ev.keep_denoised,
+        str(x.dtype),
+        str(x.device),
+        x.shape[0],
+        x.dim(),
+    )
+
+
 def run(
     ev: Evaluator,
     x: Tensor,
@@ -85,37 +159,64 @@ def run(
     hook: Callable[[int, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """The multistep loop: one model call per step, history kept in an explicit list (newest first)."""
-    n, K = len(orders), B.shape[1]
-    plan = ev.plan(pts.t[:-1], x)
-    a_, b_ = rows(A, x), [rows(B[:, j], x) for j in range(K)]
-    if corrector is not None:
-        ac_, bc_ = rows(corrector[0], x), [rows(corrector[1][:, j], x) for j in range(K + 1)]
-    s_ = rows(noise, x) if noise is not None else None
-    hist: list[tuple[Tensor, object]] = []  # (u, c) with m = c u, newest first (see Evaluator.scaled)
-    x_prev = x
+    return loop(ev, x, orders, prepare(ev, x, pts, A, B, corrector, noise), draw, hook)
+
+
+def loop(
+    ev: Evaluator,
+    x: Tensor,
+    orders: list[int],
+    prep: Prepared,
+    draw: Callable[[int], Tensor] | None = None,
+    hook: Callable[[int, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """:func:`run` on tables from :func:`prepare` (possibly cached)."""
+    n, K = len(orders), len(prep.b)
+    plan, a_, b_, ac_, bc_, s_ = prep.plan, prep.a, prep.b, prep.ac, prep.bc, prep.s
+    corrector = ac_
+    hist: list[tuple[Tensor, object, bool]] = []  # (u, c, ours) with m = c u, newest first (Evaluator.scaled)
+    spare: Tensor | None = None
+    x_prev, own_prev = x, False
     fold = K == 1 and corrector is None  # no history: m = cx x + co out folds into the update itself
+    # A state this loop allocated and nobody else holds is updated in place (one allocation and one cache
+    # footprint fewer per step): never the caller's x, never with a callback (it may keep the x it is
+    # shown); the model has returned by then, so only a model that stores its input tensor would notice.
+    own = False
     for i in range(n):
         if fold:
             out, cx, co = ev.linear(x, plan[i])
             terms = [(a_[i] + b_[0][i] * cx, x), (b_[0][i] * co, out)]
             if s_ is not None:
                 terms.append((s_[i], draw(i)))  # a companion.noise stream
-            x = lincomb(terms)
+            x = lincomb(terms, inplace=own and can_update(x, [v for _, v in terms[1:]]))
+            own = hook is None
             if hook is not None:
                 x = hook(i, x)
             continue
-        u, c = ev.scaled(x, plan[i])
+        # The prediction dropped from the history last step is ours and unused: u is written into it.
+        u, c, fresh = ev.scaled_into(x, plan[i], spare)
+        spare = None
         if corrector is not None and i > 0:
-            # UniC: re-solve step i-1 with the new evaluation (taken at the predicted x_i, and kept).
+            # UniC: re-solve step i-1 with the new evaluation (taken at the predicted x_i, and kept). x_prev
+            # (the corrected x_{i-1}) is needed no more, so it takes the result when this loop owns it.
             p = orders[i - 1]
-            terms = [(ac_[i - 1], x_prev)] + [(bc_[j][i - 1] * cj, uj) for j, (uj, cj) in enumerate(hist[:p])]
-            x = lincomb(terms + [(bc_[K][i - 1] * c, u)])
-        hist = [(u, c)] + hist[: K - 1]
-        x_prev = x
-        terms = [(a_[i], x)] + [(b_[j][i] * cj, uj) for j, (uj, cj) in enumerate(hist[: orders[i]])]
+            terms = [(ac_[i - 1], x_prev)] + [
+                (bc_[j][i - 1] * cj, uj) for j, (uj, cj, _) in enumerate(hist[:p])
+            ]
+            terms = terms + [(bc_[K][i - 1] * c, u)]
+            x = lincomb(terms, inplace=own_prev and can_update(x_prev, [v for _, v in terms[1:]] + [x]))
+            own = hook is None
+        if len(hist) == K and hist[-1][2] and K > 1:
+            spare = hist[-1][0]
+        hist = [(u, c, fresh)] + hist[: K - 1]
+        x_prev, own_prev = x, own
+        terms = [(a_[i], x)] + [(b_[j][i] * cj, uj) for j, (uj, cj, _) in enumerate(hist[: orders[i]])]
         if s_ is not None:
             terms.append((s_[i], draw(i)))  # a companion.noise stream
-        x = lincomb(terms)
+        # With a corrector x is also x_prev, which the next correction reads: then the result is fresh.
+        upd = own and corrector is None and can_update(x, [v for _, v in terms[1:]])
+        x = lincomb(terms, inplace=upd)
+        own = hook is None
         if hook is not None:
             x = hook(i, x)
     return x
@@ -128,15 +229,24 @@ def solve(
     make_coefs: Callable[[Points, list[int]], tuple[Tensor, Tensor]],
     corrector: Callable[[Points, list[int]], tuple[Tensor, Tensor]] | None = None,
     lower_order_final: float | None = None,
+    key: object = None,
 ) -> Tensor:
     """A deterministic multistep run of ``prob`` on its grid: warm-up and final orders from
     :func:`step_orders`, coefficients ``make_coefs(points, orders)``, an optional corrector's
-    ``(Ac, Bc)``; ``lower_order_final`` overrides the problem's threshold."""
+    ``(Ac, Bc)``; ``lower_order_final`` overrides the problem's threshold. ``key`` (the solver with its
+    options; None: no caching) names the coefficient functions, so that the tables are reused from
+    :mod:`.cache` by any later run with the same key, schedule values, grid, dtype, device and batch."""
     ev = prob.evaluator(pred)
-    pts = prob.points(prob.grid(prob.steps))
-    n = pts.t.shape[0] - 1
+    t = prob.grid(prob.steps)
     lof = prob.lower_order_final if lower_order_final is None else lower_order_final
-    orders = step_orders(n, order, pts.lam, lof)
-    A, B = make_coefs(pts, orders)
-    corr = corrector(pts, orders) if corrector is not None else None
-    return run(ev, prob.x, pts, orders, A, B, corrector=corr, hook=prob.step_hook(ev, pts.t))
+
+    def build():
+        pts = prob.points(t)
+        orders = step_orders(pts.t.shape[0] - 1, order, pts.lam, lof)
+        A, B = make_coefs(pts, orders)
+        corr = corrector(pts, orders) if corrector is not None else None
+        return orders, prepare(ev, prob.x, pts, A, B, corr)
+
+    parts = None if key is None else run_key(prob, ev, t, ("multistep", key, pred, order, lof))
+    orders, prep = cache.get_or_build(parts, build)
+    return loop(ev, prob.x, orders, prep, hook=prob.step_hook(ev, torch.as_tensor(t, dtype=torch.float64)))

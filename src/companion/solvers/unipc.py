@@ -113,4 +113,5 @@ class UniPC(Solver):
             lambda pts, o: unip_coefs(pred, pts, o, bh),
             (lambda pts, o: unic_coefs(pred, pts, o, bh)) if self.corrector else None,
             lower_order_final=math.inf if prob.lower_order_final else 0,
+            key=self,
         )
