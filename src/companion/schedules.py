@@ -572,12 +572,13 @@ _BY_NAME = {
     "edm": EDM,
     "rectified_flow": RectifiedFlow,
     "mean_reverting": MeanReverting,
+    "mean_reverting_irsde": MeanReverting.irsde,
 }
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:
     """Build a schedule by name: one of ``vp_linear``, ``vp_cosine``, ``sub_vp``, ``ve``, ``edm``,
-    ``rectified_flow``."""
+    ``rectified_flow``, ``mean_reverting`` and ``mean_reverting_irsde`` (:meth:`MeanReverting.irsde`)."""
     if not isinstance(name, str):
         raise TypeError(f"schedule name must be a str; got {type(name).__name__}")
     try:
