@@ -541,3 +541,16 @@ def test_the_official_third_order_update_is_second_order(report):
     p = fitted_order(steps, mrs_errors(3, "legacy", "x0", steps))
     report("fitted order (MRS-ODE)", "mrs order=3 variant=legacy", p)
     assert abs(p - 2.0) < 0.3
+
+
+def test_invert_with_mu_round_trips_and_denoise_to_zero_returns_x0_about_x():
+    s = MeanReverting()
+    x0 = MU + GM.sample(8, generator=torch.Generator().manual_seed(3))
+    model = x_model(s, MU, "eps")
+    kw = dict(schedule=s, steps=200, t_end=1e-3, solver="dpmsolver++", order=3, mu=MU)
+    x_T = cp.invert(model, x0, **kw)
+    back = cp.sample(model, x_T, lower_order_final=False, **kw)
+    assert (back - x0).abs().max() < 1e-5
+    # the final data prediction is about x: a run with denoise_to_zero lands near x0, not near x0 - mu
+    out = cp.sample(model, x_T, denoise_to_zero=True, **kw)
+    assert (out - x0).abs().max() < 1e-3
