@@ -554,3 +554,18 @@ def test_invert_with_mu_round_trips_and_denoise_to_zero_returns_x0_about_x():
     # the final data prediction is about x: a run with denoise_to_zero lands near x0, not near x0 - mu
     out = cp.sample(model, x_T, denoise_to_zero=True, **kw)
     assert (out - x0).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("name", [n for n in cp.solvers.available() if n != "interpolant"])
+def test_mu_runs_every_solver_on_y(name):
+    """mu= is the y = x - mu problem plus mu for every registered solver (the same per-sample noise)."""
+    s = MeanReverting()
+    x = prior(s, 6, seed=8)
+    mu = MU + 0.05 * torch.arange(6, dtype=torch.float64)[:, None]
+    kw = dict(schedule=s, solver=name, steps=8, t_end=1e-3)
+    a = cp.sample(
+        x_model(s, mu, "x0"), x, prediction="x0", mu=mu, noise=cp.noise.PerSampleNoise(range(6)), **kw
+    )
+    eps_y = GM.model(s, "eps")
+    b = cp.sample(eps_y, x - mu, noise=cp.noise.PerSampleNoise(range(6)), **kw) + mu
+    assert (a - b).abs().max() < 1e-9
