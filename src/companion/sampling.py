@@ -48,6 +48,58 @@ def _check_common(x: Tensor, name: str, schedule: Schedule, compat: str | None, 
         raise ValueError(f"steps must be a positive int; got {steps!r}")
 
 
+def _check_mu(mu: Any, x: Tensor, name: str) -> Tensor:
+    """``mu`` as a tensor on x's device and dtype that broadcasts to x's shape, finite everywhere."""
+    if isinstance(mu, (int, float)) and not isinstance(mu, bool):
+        mu = torch.tensor(float(mu))
+    if not isinstance(mu, Tensor) or mu.is_complex() or mu.dtype == torch.bool:
+        raise TypeError(f"mu must be a real tensor (or a number); got {type(mu).__name__}")
+    try:
+        shape = torch.broadcast_shapes(mu.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"mu must broadcast to the shape of {name} {tuple(x.shape)} (one mean per sample allowed); "
+            f"got shape {tuple(mu.shape)}"
+        )
+    mu = mu.detach().to(device=x.device, dtype=x.dtype)
+    if not bool(torch.isfinite(mu).all()):
+        raise ValueError("mu must be finite everywhere; got NaN or infinite entries")
+    return mu
+
+
+def _shift(model, mu: Tensor, prediction: str, schedule: Schedule, x0_fn, callback):
+    """The problem on y = x - mu: a mean-reverting process is a Gaussian one on y (alpha_t y_0 + sigma_t eps).
+
+    The model sees x = y + mu and names what it returns about x; on y, eps, score and velocity
+    (d/dt of alpha_t (x_0 - mu) + sigma_t eps) are unchanged, the data prediction is x_0 - mu and
+    v = alpha eps - sigma x_0 becomes v + sigma_t mu. ``x0_fn`` and ``callback`` keep seeing x."""
+    if prediction == "x0":
+
+        def shifted(y, t):
+            return model(y + mu, t) - mu
+    elif prediction == "v":
+
+        def shifted(y, t):
+            sig = schedule.sigma(torch.as_tensor(t).to(torch.float64)).to(y.device, y.dtype)
+            return model(y + mu, t) + sig.reshape(sig.shape + (1,) * (y.dim() - sig.dim())) * mu
+    else:
+
+        def shifted(y, t):
+            return model(y + mu, t)
+
+    fn = None if x0_fn is None else (lambda y0: x0_fn(y0 + mu) - mu)
+    cb = None
+    if callback is not None:
+
+        def cb(i, t, y, denoised):
+            out = callback(i, t, y + mu, None if denoised is None else denoised + mu)
+            return out if not isinstance(out, Tensor) else out - mu
+
+    return shifted, fn, cb
+
+
 def _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho):
     """(make_grid(n), steps, grid name or None): explicit ``timesteps`` ignore ``n``."""
     if timesteps is not None:
@@ -83,6 +135,7 @@ def sample(
     generator: torch.Generator | None = None,
     noise: NoiseSource | None = None,
     callback: Callback | None = None,
+    mu: Tensor | float | None = None,
     **options: Any,
 ) -> Tensor:
     """Integrate from ``x_T`` at ``t_start`` down to ``t_end`` and return the sample.
@@ -103,6 +156,11 @@ def sample(
     (e.g. dynamic thresholding). Stochastic solvers draw their normals from ``noise`` (a
     :mod:`companion.noise` source: per-sample seeds, a Brownian path, injected noise) or else from
     ``generator`` (not batch-invariant).
+
+    ``mu`` (a tensor broadcastable to ``x_T``, e.g. one degraded image per sample) runs a mean-reverting
+    process towards mu (:class:`companion.schedules.MeanReverting`, IR-SDE): every solver then integrates
+    y = x - mu and returns y + mu; ``prediction`` still names what the model returns about x itself (its
+    ``x0`` is the clean x) and ``model``, ``x0_fn`` and ``callback`` see x.
 
     ``callback(i, t, x, denoised)`` runs after step i with the state ``x`` at time ``t`` (float64, shape
     () or (B,)) and the latest data prediction ``denoised``; if it returns a tensor (same shape, dtype and
@@ -138,6 +196,10 @@ def sample(
         raise TypeError(
             f"callback must be callable(i, t, x, denoised) or None; got {type(callback).__name__}"
         )
+    if mu is not None:
+        mu = _check_mu(mu, x_T, "x_T")
+        model, x0_fn, callback = _shift(model, mu, prediction, schedule, x0_fn, callback)
+        x_T = x_T - mu
     make_grid, steps, grid_name = _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho)
     x = _run(
         built,
@@ -159,7 +221,7 @@ def sample(
     if denoise_to_zero and bool((schedule.sigma(t_last) > 0).all()):  # at sigma = 0, x is already clean
         ev = Evaluator(model, schedule, prediction, "x0", x, x0_fn)
         x = ev(x, ev.plan(t_last[None], x)[0])
-    return x
+    return x if mu is None else x + mu
 
 
 def _sample_interpolant(
@@ -259,6 +321,7 @@ def invert(
     rho: float = 7.0,
     x0_fn: Callable[[Tensor], Tensor] | None = None,
     callback: Callback | None = None,
+    mu: Tensor | float | None = None,
     **options: Any,
 ) -> Tensor:
     """ODE encoding: the ``x_T`` at ``t_start`` that ``sample`` with the same arguments maps to ``x_0`` at
@@ -266,6 +329,7 @@ def invert(
     ``solver="ddim"``). The exponential integrators' coefficients hold for steps with h < 0, so any
     deterministic fixed-grid solver inverts (``solver.invertible``); the final orders are not lowered.
     The round trip ``sample(invert(x))`` returns ``x`` up to the solver's error in both directions.
+    ``mu`` as in :func:`sample`.
     """
     prediction = P.canonical(prediction)
     built = _solver(solver, options)
@@ -275,9 +339,13 @@ def invert(
             "use a deterministic fixed-grid solver such as 'ddim', 'dpmsolver++' or 'unipc'"
         )
     _check_common(x_0, "x_0", schedule, None, steps)
+    if mu is not None:
+        mu = _check_mu(mu, x_0, "x_0")
+        model, x0_fn, callback = _shift(model, mu, prediction, schedule, x0_fn, callback)
+        x_0 = x_0 - mu
     make_grid, steps, _ = _grid_builder(schedule, grid, steps, t_start, t_end, timesteps, rho)
     up = make_grid(steps).flip(0)
-    return _run(
+    out = _run(
         built,
         model,
         x_0,
@@ -293,3 +361,4 @@ def invert(
         None,
         callback,
     )
+    return out if mu is None else out + mu

@@ -31,6 +31,7 @@ __all__ = [
     "VE",
     "EDM",
     "RectifiedFlow",
+    "MeanReverting",
     "get_schedule",
 ]
 
@@ -438,6 +439,131 @@ class RectifiedFlow(Schedule):
         return torch.sigmoid(-_as_tensor(lam))
 
 
+class MeanReverting(Schedule):
+    """Mean-reverting diffusion (IR-SDE, Luo et al. 2023): dx = theta_t (mu - x) dt + g_t dW with
+    g_t^2 = 2 sigma_inf^2 theta_t, whose marginal is x_t | x_0 ~ N(alpha_t x_0 + (1 - alpha_t) mu, sigma_t^2 I),
+
+        alpha_t = exp(-int_0^t theta),   sigma_t^2 = sigma_inf^2 (1 - alpha_t^2).
+
+    On y = x - mu this is the Gaussian forward process y_t = alpha_t y_0 + sigma_t eps with f = -theta and
+    g^2 = -2 sigma_inf^2 f, so every solver runs it through ``companion.sample(..., mu=mu)``, which shifts.
+    lambda_t = log(alpha_t / sigma_t) is the VP log-SNR minus log sigma_inf, so its inverse is closed form.
+
+    ``MeanReverting(sigma_inf)`` is continuous: theta_t = theta_min + t (theta_max - theta_min) on [0, 1]
+    (alpha_1 = exp(-(theta_min + theta_max)/2) ~ 0.006 by default). :meth:`irsde` builds IR-SDE's discrete
+    tables instead (``IRSDE._initialize`` of the IR-SDE / MR Sampler code: T, cosine | linear | constant
+    theta, eps = alpha at the last step): knot n = 0..T sits at t = n / T, log alpha is linear in t between
+    knots, and t = 0 is knot 0, where alpha_0 = exp(-theta_0 dt) < 1 as in the MR Sampler's tables.
+    """
+
+    def __init__(self, sigma_inf: float = 0.5, theta_min: float = 0.1, theta_max: float = 10.0):
+        self.sigma_inf = _positive("sigma_inf", sigma_inf)
+        self.theta_min = _positive("theta_min", theta_min)
+        self.theta_max = _positive("theta_max", theta_max)
+        if self.theta_max < self.theta_min:
+            raise ValueError(
+                f"theta_max must be >= theta_min; got theta_min={theta_min}, theta_max={theta_max}"
+            )
+        self._log_sinf = math.log(self.sigma_inf)
+        self.T: int | None = None  # discrete tables only
+
+    def _params(self) -> dict:
+        if self.T is not None:
+            return {"sigma_inf": self.sigma_inf, "T": self.T, "theta": self.theta_name, "eps": self.eps}
+        return {"sigma_inf": self.sigma_inf, "theta_min": self.theta_min, "theta_max": self.theta_max}
+
+    # --- IR-SDE's discrete tables ------------------------------------------------------------------
+    @classmethod
+    def irsde(
+        cls, sigma_inf: float = 50 / 255, T: int = 100, theta: str = "cosine", eps: float = 0.005
+    ) -> MeanReverting:
+        """IR-SDE's tables, computed as its ``_initialize`` does (float32): ``thetas`` (T + 1 values),
+        ``thetas_cumsum``, ``dt = -log(eps) / thetas_cumsum[-1]``, ``sigma_bars`` and the MR Sampler's
+        ``alphas = exp(-thetas_cumsum dt)``. ``sigma_inf`` is IR-SDE's ``max_sigma`` (values >= 1 are read as
+        x/255, as IR-SDE does). The schedule's log alpha knots are -thetas_cumsum dt in float64."""
+        if not isinstance(T, int) or isinstance(T, bool) or T < 2:
+            raise ValueError(f"T must be an int >= 2; got {T!r}")
+        if theta not in ("cosine", "linear", "constant"):
+            raise ValueError(f"theta must be 'cosine', 'linear' or 'constant'; got {theta!r}")
+        sigma_inf = _positive("sigma_inf", sigma_inf)
+        sigma_inf = sigma_inf / 255 if sigma_inf >= 1 else sigma_inf
+        eps = _positive("eps", eps)
+        if eps >= 1:
+            raise ValueError(f"eps (alpha at the last step) must lie in (0, 1); got {eps!r}")
+        f32 = torch.float32
+        if theta == "cosine":
+            n = T + 2
+            s = 0.008
+            grid = torch.linspace(0, n, n + 1, dtype=f32)
+            ac = torch.cos(((grid / n) + s) / (1 + s) * math.pi * 0.5) ** 2
+            ac = ac / ac[0]
+            thetas = 1 - ac[1:-1]
+        elif theta == "linear":
+            scale = 1000 / (T + 1)
+            thetas = torch.linspace(scale * 0.0001, scale * 0.02, T + 1, dtype=f32)
+        else:
+            thetas = torch.ones(T + 1, dtype=f32)
+        cumsum = torch.cumsum(thetas, dim=0)
+        dt = -1 / cumsum[-1] * math.log(eps)
+        self = cls(sigma_inf=sigma_inf)
+        self.T, self.theta_name, self.eps = T, theta, eps
+        self.thetas, self.thetas_cumsum, self.dt = thetas, cumsum, dt
+        self.sigma_bars = torch.sqrt(sigma_inf**2 * (1 - torch.exp(-2 * cumsum * dt)))
+        self.alphas = torch.exp(-cumsum * dt)
+        self._knots_t = torch.arange(T + 1, dtype=torch.float64) / T
+        self._knots_la = -cumsum.double() * dt.double()
+        return self
+
+    def _slope(self, t: Tensor) -> Tensor:
+        xp, fp = self._knots_t.to(t.device, t.dtype), self._knots_la.to(t.device, t.dtype)
+        i = VPDiscrete._segment(t, xp)
+        return (fp[i + 1] - fp[i]) / (xp[i + 1] - xp[i])
+
+    def timestep(self, t: float | Tensor) -> Tensor:
+        """IR-SDE's integer-scale time n = t T of the discrete tables (t itself when continuous)."""
+        return _as_tensor(t) * (self.T if self.T is not None else 1)
+
+    def theta(self, t: float | Tensor) -> Tensor:
+        """theta_t = -d log alpha / dt (per unit of this schedule's time t)."""
+        return -self.d_log_alpha(t)
+
+    # --- the Schedule interface --------------------------------------------------------------------
+    def log_alpha(self, t):
+        t = _as_tensor(t)
+        if self.T is not None:
+            return VPDiscrete._interp(t, self._knots_t, self._knots_la)
+        return -0.5 * t**2 * (self.theta_max - self.theta_min) - t * self.theta_min
+
+    def d_log_alpha(self, t):
+        t = _as_tensor(t)
+        if self.T is not None:
+            return self._slope(t)
+        return -(self.theta_min + t * (self.theta_max - self.theta_min))
+
+    def sigma(self, t):
+        return self.sigma_inf * torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def log_sigma(self, t):
+        return self._log_sinf + 0.5 * torch.log(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def d_log_sigma(self, t):
+        return -self.d_log_alpha(t) / torch.expm1(-2.0 * self.log_alpha(t))
+
+    def g2(self, t):
+        # g^2 = 2 sigma_inf^2 theta (the IR-SDE constraint), finite at t = 0.
+        return -2.0 * self.sigma_inf**2 * self.d_log_alpha(t)
+
+    def t_of_lambda(self, lam):
+        # alpha^2 / (sigma_inf^2 (1 - alpha^2)) = e^{2 lambda}: the VP relation at lambda + log sigma_inf.
+        lam = _as_tensor(lam)
+        log_alpha = -0.5 * torch.nn.functional.softplus(-2.0 * (lam + self._log_sinf))
+        if self.T is not None:
+            return VPDiscrete._interp(log_alpha, self._knots_la.flip(0), self._knots_t.flip(0))
+        delta = self.theta_max - self.theta_min
+        # Root of delta t^2 / 2 + theta_min t + log_alpha = 0, stable as delta -> 0.
+        return -2.0 * log_alpha / (self.theta_min + torch.sqrt(self.theta_min**2 - 2.0 * delta * log_alpha))
+
+
 _BY_NAME = {
     "vp_linear": VPLinear,
     "vp_cosine": VPCosine,
@@ -445,12 +571,14 @@ _BY_NAME = {
     "ve": VE,
     "edm": EDM,
     "rectified_flow": RectifiedFlow,
+    "mean_reverting": MeanReverting,
+    "mean_reverting_irsde": MeanReverting.irsde,
 }
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:
     """Build a schedule by name: one of ``vp_linear``, ``vp_cosine``, ``sub_vp``, ``ve``, ``edm``,
-    ``rectified_flow``."""
+    ``rectified_flow``, ``mean_reverting`` and ``mean_reverting_irsde`` (:meth:`MeanReverting.irsde`)."""
     if not isinstance(name, str):
         raise TypeError(f"schedule name must be a str; got {type(name).__name__}")
     try:

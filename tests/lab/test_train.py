@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from companion.lab import models, train
+from companion.schedules import MeanReverting
 
 TINY_MLP = train.Recipe(
     "toy",
@@ -79,7 +80,33 @@ def test_recipes_are_well_formed():
     for name, r in train.RECIPES.items():
         assert r.arch in models.ARCHITECTURES, name
         models.ARCHITECTURES[r.arch](**r.config)
-        assert r.prediction in ((None,) if r.task == "classifier" else ("eps", "v")), name
+        allowed = {"classifier": (None,), "mr": ("x0",)}.get(r.task, ("eps", "v"))
+        assert r.prediction in allowed, name
+
+
+TINY_MR = train.Recipe(
+    "mr",
+    "MRRestorer",
+    {"ch": 4, "depth": 2, "emb": 8},
+    data="inpaint",
+    prediction="x0",
+    steps=3,
+    batch=16,
+)
+
+
+def test_mr_recipe_is_deterministic_and_its_card_names_the_irsde_schedule(tmp_path):
+    a = train.train("tiny-mr", TINY_MR, tmp_path / "a")
+    b = train.train("tiny-mr", TINY_MR, tmp_path / "b")
+    assert a["sha256"] == b["sha256"] and a["quality"] == b["quality"]
+    assert set(a["quality"]) >= {"degraded", "restored", "n"}
+    m = models.load("tiny-mr", tmp_path / "a")
+    s = m.schedule
+    assert isinstance(s, MeanReverting) and s.T == 100 and s.sigma_inf == 0.5
+    x, mu = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    assert m(x, torch.full((3,), 0.5), mu).shape == x.shape
+    with pytest.raises(ValueError, match="mu"):
+        m(x, 0.5)
 
 
 def test_the_gap_recipes_cover_every_set_and_weight():

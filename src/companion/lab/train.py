@@ -4,7 +4,9 @@ Recipes (``python -m companion.lab.train --list``): MLP eps-models for 2-D toy s
 UNet for sklearn's 8x8 digits in eps and v prediction (label dropout for classifier-free guidance),
 and the digits classifier behind the quality metric (train it first: the UNet cards use it), and
 potential score models u(x, t) (score = grad u) for three 2-D sets, each trained by denoising score matching
-plus w_R times the mean squared Fokker-Planck residual (Deveney et al. 2025), w_R in {0, 0.1, 1, 10}.
+plus w_R times the mean squared Fokker-Planck residual (Deveney et al. 2025), w_R in {0, 0.1, 1, 10}, and
+mean-reverting restoration nets for the digits (chapter 08), one per degradation of
+:mod:`companion.lab.restoration`: x0-prediction on IR-SDE's cosine tables (``restoration.schedule()``).
 
 Diffusion models learn the continuous-time VP SDE ``VPLinear(0.1, 20)`` (Song et al. 2021) with
 t ~ U(1e-3, 1): any solver grid is then in-distribution, and the 1000-step DDPM linear schedule is
@@ -50,6 +52,11 @@ __all__ = [
 ]
 
 SCHEDULE = {"name": "vp_linear", "params": {"beta_min": 0.1, "beta_max": 20.0}}
+#: the restoration nets' schedule (companion.lab.restoration.schedule())
+MR_SCHEDULE = {
+    "name": "mean_reverting_irsde",
+    "params": {"sigma_inf": 0.5, "T": 100, "theta": "cosine", "eps": 0.005},
+}
 T_EPS = 1e-3
 
 
@@ -57,7 +64,7 @@ T_EPS = 1e-3
 class Recipe:
     """Everything a training run depends on; it is written into the model's card."""
 
-    task: str  # "toy", "potential", "digits" or "classifier"
+    task: str  # "toy", "potential", "digits", "classifier" or "mr" (data: the degradation)
     arch: str
     config: dict[str, Any] = field(default_factory=dict)
     data: str = "digits"
@@ -141,6 +148,15 @@ def fp_paper_recipe(data_set: str, weight: float, **sizes: int) -> Recipe:
     )
 
 
+#: Chapter 08's mean-reverting restoration nets, one per degradation: ``digits-mr-<degradation>``.
+MR_DEGRADATIONS = ("noise", "blur", "inpaint")
+_MR = {"ch": 16, "depth": 4, "emb": 32}
+for _d in MR_DEGRADATIONS:
+    RECIPES[f"digits-mr-{_d}"] = Recipe(
+        "mr", "MRRestorer", _MR, data=_d, prediction="x0", steps=8000, batch=128, lr=2e-3, eval_samples=359
+    )
+
+
 def fp_penalty(net: nn.Module, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
     """R / (-2 d lambda / dt) = sigma_t^2 R / g_t^2 for a :class:`~.models.nets.PotentialMLP`: the
     Fokker-Planck residual per unit of log-SNR (lambda the half log-SNR).
@@ -212,6 +228,14 @@ def _batch_sampler(recipe: Recipe, g: torch.Generator) -> Callable[[], tuple[Ten
     if recipe.task in ("toy", "potential"):
         return lambda: (data.sample_toy(recipe.data, recipe.batch, g), None)
     x, y = data.digits("train")
+    if recipe.task == "mr":
+        from .restoration import degrade
+
+        def draw_mr() -> tuple[Tensor, Tensor]:
+            idx = torch.randint(0, x.shape[0], (recipe.batch,), generator=g)
+            return x[idx], degrade(x[idx], recipe.data, g)
+
+        return draw_mr
 
     def draw() -> tuple[Tensor, Tensor]:
         idx = torch.randint(0, x.shape[0], (recipe.batch,), generator=g)
@@ -247,11 +271,26 @@ def _potential_loss(net: nn.Module, x0: Tensor, recipe: Recipe, g: torch.Generat
     return loss
 
 
+def _mr_loss(net: nn.Module, x0: Tensor, mu: Tensor, g: torch.Generator) -> Tensor:
+    """x0-prediction loss of mean-reverting diffusion: x_t = alpha x0 + (1 - alpha) mu + sigma eps."""
+    from .restoration import schedule
+
+    sched = schedule()
+    b = x0.shape[0]
+    t = torch.rand(b, generator=g, dtype=torch.float64)
+    shape = (b,) + (1,) * (x0.ndim - 1)
+    alpha, sigma = sched.alpha(t).float().view(shape), sched.sigma(t).float().view(shape)
+    xt = alpha * x0 + (1 - alpha) * mu + sigma * torch.randn(x0.shape, generator=g)
+    return F.mse_loss(net(xt, t.float(), mu), x0)
+
+
 def _step_loss(recipe: Recipe) -> Callable[[nn.Module, Tensor, Tensor | None, torch.Generator], Tensor]:
     if recipe.task == "potential":
         return lambda net, x, y, g: _potential_loss(net, x, recipe, g)
     if recipe.task == "classifier":
         return lambda net, x, y, g: F.cross_entropy(net(x), y)
+    if recipe.task == "mr":
+        return lambda net, x, y, g: _mr_loss(net, x, y, g)
     return lambda net, x, y, g: _diffusion_loss(net, x, y, recipe, g)
 
 
@@ -263,9 +302,9 @@ def train(
         if name not in RECIPES:
             raise ValueError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
         recipe = RECIPES[name]
-    if recipe.task not in ("toy", "potential", "digits", "classifier"):
+    if recipe.task not in ("toy", "potential", "digits", "classifier", "mr"):
         raise ValueError(
-            f"recipe.task must be 'toy', 'potential', 'digits' or 'classifier'; got {recipe.task!r}"
+            f"recipe.task must be 'toy', 'potential', 'digits', 'classifier' or 'mr'; got {recipe.task!r}"
         )
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -310,7 +349,9 @@ def _train(name: str, recipe: Recipe, out: str | Path | None, evaluate: bool) ->
         "arch": recipe.arch,
         "config": dict(recipe.config),
         "prediction": recipe.prediction,
-        "schedule": None if recipe.task == "classifier" else SCHEDULE,
+        "schedule": None
+        if recipe.task == "classifier"
+        else (MR_SCHEDULE if recipe.task == "mr" else SCHEDULE),
         "recipe": asdict(recipe),
         "seed": recipe.seed,
         "steps": recipe.steps,
@@ -363,6 +404,8 @@ def _quality(name: str, net: nn.Module, recipe: Recipe, out: str | Path | None) 
         x, y = data.digits("test")
         acc = float((net(x).argmax(1) == y).double().mean())
         return {"test_accuracy": acc, "test_size": int(y.numel())}
+    if recipe.task == "mr":
+        return _mr_quality(net, recipe, g)
     model = io.Model(net, {"name": name})
     q: dict[str, Any] = {
         "solver": f"DPM-Solver++(2M), {recipe.eval_steps} steps, log-SNR grid, t from 1 to {T_EPS}",
@@ -398,6 +441,34 @@ def _quality(name: str, net: nn.Module, recipe: Recipe, out: str | Path | None) 
             "accuracy": dm.class_accuracy(xs, labels, clf),
         }
     return q
+
+
+def _mr_quality(net: nn.Module, recipe: Recipe, g: torch.Generator) -> dict[str, Any]:
+    """PSNR and SSIM (mean over the 359 held-out digits) of the degraded images and of MRS-ODE-2 (data
+    form, 20 steps, uniform t from 1 to 0) restorations, in float64."""
+    from . import restoration as R
+
+    x, _ = data.digits("test")
+    mu = R.degrade(x, recipe.data, g).double()
+    x_T = mu + R.SIGMA_INF * torch.randn(mu.shape, generator=g, dtype=torch.float64)
+    net64 = copy.deepcopy(net).double()
+    out = cp_sample(
+        lambda xx, tt: net64(xx, tt, mu),
+        x_T,
+        schedule=R.schedule(),
+        prediction="x0",
+        solver="mrs",
+        order=2,
+        timesteps=torch.linspace(1.0, 0.0, 21, dtype=torch.float64),
+        mu=mu,
+    )
+    ref = x.double()
+    return {
+        "solver": "MRS-ODE-2 (data form), 20 steps, uniform t from 1 to 0",
+        "n": int(x.shape[0]),
+        "degraded": {"psnr": float(R.psnr(mu, ref).mean()), "ssim": float(R.ssim(mu, ref).mean())},
+        "restored": {"psnr": float(R.psnr(out, ref).mean()), "ssim": float(R.ssim(out, ref).mean())},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

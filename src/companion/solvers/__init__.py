@@ -9,7 +9,8 @@ built), which ``companion.sample(..., solver=<object>)`` also accepts. One modul
   engine :mod:`.multistep` and maths :mod:`.base`;
 * Runge-Kutta and pseudo-numerical baselines: :mod:`.rk` (Euler, Heun), :mod:`.pndm`;
 * reverse-time SDEs (:mod:`.reverse_sde`): :mod:`.euler_maruyama`, :mod:`.ancestral`,
-  :mod:`.sde_dpm_solver`, :mod:`.predictor_corrector`, :mod:`.interpolant`.
+  :mod:`.sde_dpm_solver`, :mod:`.predictor_corrector`, :mod:`.interpolant`;
+* mean-reverting diffusion: :mod:`.mrs` (the MR Sampler, ODE and SDE).
 
 Each family module registers its solvers with ``@register`` next to their definition (:mod:`.registry`).
 """
@@ -25,6 +26,7 @@ from . import (
     dpm_solver,
     euler_maruyama,
     interpolant,
+    mrs,
     multistep,
     pndm,
     predictor_corrector,
@@ -41,6 +43,7 @@ from .deis import DEIS
 from .dpm_solver import DPMSolver, DPMSolverPP
 from .euler_maruyama import EulerMaruyama, forward_euler_maruyama
 from .interpolant import Interpolant
+from .mrs import MRS, MRSSDE
 from .pndm import PNDM
 from .predictor_corrector import PredictorCorrector
 from .problem import Problem
@@ -59,6 +62,8 @@ __all__ = [
     "EulerMaruyama",
     "Heun",
     "Interpolant",
+    "MRS",
+    "MRSSDE",
     "Option",
     "OrderCheck",
     "PNDM",
@@ -79,6 +84,7 @@ __all__ = [
     "forward_euler_maruyama",
     "get",
     "interpolant",
+    "mrs",
     "multistep",
     "phi",
     "pndm",

@@ -13,7 +13,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["TimeEmbedding", "MLPScore", "PotentialMLP", "DigitsUNet", "DigitsClassifier", "ARCHITECTURES"]
+__all__ = [
+    "TimeEmbedding",
+    "MLPScore",
+    "PotentialMLP",
+    "DigitsUNet",
+    "DigitsClassifier",
+    "MRRestorer",
+    "ARCHITECTURES",
+]
 
 
 def _batch_t(t: Tensor | float, x: Tensor) -> Tensor:
@@ -187,10 +195,45 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+class MRRestorer(nn.Module):
+    """A small conditional network for mean-reverting restoration of 8x8 digits: ``net(x, t, mu)``.
+
+    ``mu`` (B, 1, 8, 8) is the degraded image the process reverts to; it enters as a second input
+    channel, and t through a sinusoidal embedding added to every layer. ``depth`` 3x3 convolutions of
+    ``ch`` channels (receptive field 2 depth + 3 pixels, the whole image from depth 3 on) with residual
+    connections; the output is the data prediction x0 (about x, not x - mu).
+    """
+
+    def __init__(self, ch: int = 16, depth: int = 4, emb: int = 32):
+        super().__init__()
+        self.num_classes = 0
+        self.emb_dim = emb
+        self.t_mlp = nn.Sequential(nn.Linear(emb, emb), nn.SiLU())
+        self.inp = nn.Conv2d(2, ch, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(ch, ch, 3, padding=1) for _ in range(depth))
+        self.t_proj = nn.Linear(emb, ch * depth)
+        self.out = nn.Conv2d(ch, 1, 3, padding=1)
+
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        if y is None or not isinstance(y, Tensor) or y.shape != x.shape:
+            raise ValueError(f"MRRestorer needs the degraded image mu (shape {tuple(x.shape)}) as y")
+        tb = _batch_t(t, x)
+        half = self.emb_dim // 2
+        freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=x.device, dtype=x.dtype) / half)
+        arg = 100.0 * tb[:, None] * freqs[None]
+        e = self.t_mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
+        bias = self.t_proj(e).reshape(x.shape[0], len(self.convs), -1, 1, 1)
+        h = self.inp(torch.cat([x, y.to(x.dtype)], dim=1))
+        for k, conv in enumerate(self.convs):
+            h = h + conv(F.silu(h + bias[:, k]))
+        return y.to(x.dtype) + self.out(F.silu(h))
+
+
 #: Architectures a weights card may name; loading builds ``ARCHITECTURES[card["arch"]](**card["config"])``.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "MLPScore": MLPScore,
     "PotentialMLP": PotentialMLP,
     "DigitsUNet": DigitsUNet,
     "DigitsClassifier": DigitsClassifier,
+    "MRRestorer": MRRestorer,
 }
