@@ -249,6 +249,10 @@ def test_errors_name_the_argument():
         cp.sample(g.model(), x, schedule=g.si, solver="interpolant", prediction="x0")
     with pytest.raises(ValueError, match="timesteps"):
         cp.sample(g.model(), x, schedule=g.si, solver="interpolant", timesteps=torch.tensor([0.0, 0.5, 0.2]))
+    with pytest.raises(ValueError, match="mu= takes a diffusion Schedule"):
+        cp.sample(g.model(), x, schedule=g.si, solver="interpolant", mu=torch.zeros(2, dtype=F64))
+    with pytest.raises(TypeError, match="callback must be callable"):
+        cp.sample(g.model(), x, schedule=g.si, solver="interpolant", callback=3)
     with pytest.raises(TypeError, match="pair"):
         cp.sample(lambda x, t: x, x, schedule=g.si, solver="interpolant", diffusion=1.0, steps=2)
     with pytest.raises(ValueError, match="diffusion"):

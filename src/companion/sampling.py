@@ -174,7 +174,17 @@ def sample(
     SDE (eps = 0: the transport ODE); see :func:`companion.solvers.interpolant.run_stochastic_interpolant`.
     """
     built = _solver(solver, options)
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"callback must be callable(i, t, x, denoised) or None (with a StochasticInterpolant schedule the "
+            f"fourth argument is the drift b); got {type(callback).__name__}"
+        )
     if isinstance(schedule, StochasticInterpolant):
+        if mu is not None:
+            raise ValueError(
+                "mu= takes a diffusion Schedule (the process mean-reverts to mu); a StochasticInterpolant "
+                "already names both end points: leave mu unset"
+            )
         return _sample_interpolant(
             built,
             model,
@@ -192,10 +202,6 @@ def sample(
         )
     prediction = P.canonical(prediction)
     _check_common(x_T, "x_T", schedule, compat, steps)
-    if callback is not None and not callable(callback):
-        raise TypeError(
-            f"callback must be callable(i, t, x, denoised) or None; got {type(callback).__name__}"
-        )
     if mu is not None:
         mu = _check_mu(mu, x_T, "x_T")
         model, x0_fn, callback = _shift(model, mu, prediction, schedule, x0_fn, callback)
@@ -237,8 +243,6 @@ def _sample_interpolant(
         )
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise TypeError("x_T must be a floating-point tensor of shape (B, ...)")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable(i, t, x, b) or None; got {type(callback).__name__}")
     if timesteps is not None:
         ts = torch.as_tensor(timesteps).detach().to("cpu", torch.float64)
         if ts.dim() != 1 or ts.shape[0] < 2:
