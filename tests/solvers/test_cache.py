@@ -186,3 +186,19 @@ def test_grad_mode_runs_keep_the_graph():
     out = cp.sample(lambda x, t: w * x, x, schedule=sched, steps=6, t_end=1e-3, solver="dpmsolver++")
     out.sum().backward()  # an in-place update of a tensor autograd saved would raise here
     assert w.grad is not None and torch.isfinite(w.grad)
+
+
+def test_schedules_with_0_dim_tensor_attributes_are_keyed_by_value():
+    """IR-SDE's tables keep dt as a 0-dim tensor: the key must take it (it once raised inside sample())."""
+    a = cp.schedules.MeanReverting.irsde(0.5, T=100, theta="cosine", eps=0.005)
+    b = cp.schedules.MeanReverting.irsde(0.5, T=100, theta="cosine", eps=0.005)
+    c = cp.schedules.MeanReverting.irsde(0.5, T=100, theta="cosine", eps=0.01)
+    assert isinstance(a.dt, torch.Tensor) and a.dt.dim() == 0
+    assert cache.value_key(a) is not None and cache.value_key(a) == cache.value_key(b)
+    assert cache.value_key(a) != cache.value_key(c)
+    assert cache._value(torch.tensor(1.0)) != cache._value(torch.tensor(2.0))
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    gm = cp.targets.random_mixture(3, 1.0, 0.2, 0.5)
+    first = cp.sample(gm.model(a, "x0"), x, schedule=a, prediction="x0", solver="dpmsolver++", steps=5)
+    hit = cp.sample(gm.model(b, "x0"), x, schedule=b, prediction="x0", solver="dpmsolver++", steps=5)
+    assert cache.info()["size"] >= 1 and torch.equal(first, hit)

@@ -56,7 +56,8 @@ def _value(v: Any, depth: int = 0) -> Any:
         return ("float", v) if not math.isnan(v) else ("float", "nan")
     if isinstance(v, Tensor):
         c = v.detach().to("cpu").contiguous()
-        return ("tensor", str(c.dtype), tuple(c.shape), _digest(c.view(torch.uint8).numpy().tobytes()))
+        raw = c.reshape(-1).view(torch.uint8)  # flat first: a 0-dim tensor cannot be viewed as bytes
+        return ("tensor", str(c.dtype), tuple(c.shape), _digest(raw.numpy().tobytes()))
     if isinstance(v, np.ndarray):
         c = np.ascontiguousarray(v)
         return ("ndarray", str(c.dtype), c.shape, _digest(c.tobytes()))
