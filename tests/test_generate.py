@@ -8,6 +8,7 @@ the reference: the machine's cores are shared, and more threads than free cores 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -153,6 +154,38 @@ def test_samples_match_a_direct_call_of_cp_sample(reference):
     torch.testing.assert_close(got[10:20], x, rtol=1e-4, atol=1e-4)
 
 
+def test_explicit_timesteps_and_dynamic_thresholding_are_those_of_cp_sample(tmp_path, one_thread):
+    """--timesteps and --threshold reach cp.sample as timesteps= and x0_fn=dynamic_threshold (chunk = batch,
+    so the network sees the same rows as the direct call and the match is exact)."""
+    import companion as cp
+    from companion.noise import PerSampleNoise
+    from companion.parameterization import dynamic_threshold
+
+    ts = (1.0, 0.6, 0.3, 0.1, 0.001)
+    out = tmp_path / "ts"
+    argv = [*ARGS, "--num-samples", "10", "--timesteps", ",".join(map(str, ts)), "--threshold", "0.9"]
+    assert G.main([*argv, "--chunk", "10", "--batch-size", "10", "--no-progress", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["timesteps"] == list(ts) and manifest["config"]["steps"] == 4
+    assert manifest["config"]["threshold"] == [0.9, 1.0] and manifest["config"]["grid"] is None
+    m = cp.lab.models.load("digits-unet-eps")
+    idx = torch.arange(10)
+    noise = PerSampleNoise(idx)
+    thr = functools.partial(dynamic_threshold, ratio=0.9, max_val=1.0)
+    with torch.no_grad():
+        x = cp.sample(
+            m.cond(idx % 10, 2.0), noise.randn(1, 8, 8), schedule=m.schedule,
+            timesteps=torch.tensor(ts, dtype=torch.float64), x0_fn=thr,
+        )  # fmt: skip
+        plain = cp.sample(
+            m.cond(idx % 10, 2.0), noise.randn(1, 8, 8), schedule=m.schedule,
+            timesteps=torch.tensor(ts, dtype=torch.float64),
+        )  # fmt: skip
+    got, _ = G.load(out)
+    torch.testing.assert_close(got, x, rtol=1e-6, atol=1e-6)
+    assert (got - plain).abs().max() > 1e-3  # the control: thresholding changed the samples
+
+
 def test_evaluate_reports_statistics_and_the_digits_frechet_distance(reference):
     pytest.importorskip("sklearn")
     res = G.evaluate(reference)
@@ -179,6 +212,8 @@ def test_evaluate_reports_statistics_and_the_digits_frechet_distance(reference):
         (["--model", "digits-unet-eps", "--num-samples", "4", "--solver", "nope"], "unknown solver 'nope'"),
         (["--model", "digits-unet-eps", "--num-samples", "4", "--labels", "12"], "class index in [0, 10)"),
         (["--model", "moons-mlp-eps", "--num-samples", "4", "--guidance", "3"], "guidance needs labels"),
+        (["--model", "digits-unet-eps", "--num-samples", "4", "--timesteps", "1,0.5,0.7"], "timesteps"),
+        (["--model", "digits-unet-eps", "--num-samples", "4", "--threshold", "1.5"], "threshold"),
     ],
 )
 def test_bad_input_exits_with_one_line_and_writes_nothing(args, words, tmp_path, capsys):

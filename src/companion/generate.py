@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib
 import io
 import json
+import math
 import os
 import platform
 import signal
@@ -61,7 +63,7 @@ from torch import Tensor
 from . import grids
 from . import solvers as S
 from .noise import PerSampleNoise
-from .parameterization import classifier_free_guidance
+from .parameterization import classifier_free_guidance, dynamic_threshold
 from .sampling import _LOF
 from .sampling import sample as cp_sample
 from .schedules import Schedule
@@ -111,6 +113,13 @@ class Job:
     format: str = "safetensors"
     prediction: str | None = None
     shape: tuple[int, ...] | None = None
+    timesteps: tuple[float, ...] | None = (
+        None  # an explicit grid t_0 > ... > t_N (then steps, grid, t_* unused)
+    )
+    threshold: float | None = (
+        None  # dynamic thresholding of x0 with this quantile ratio (DPM-Solver semantics)
+    )
+    threshold_max: float = 1.0  # its max_val
 
 
 @dataclasses.dataclass
@@ -359,6 +368,20 @@ def _plan(job: Job, local_rank: int = 0) -> _Plan:
     _int("chunk", job.chunk, 1)
     _int("seed", job.seed, 0, _SEED_LIMIT)
     _int("steps", job.steps, 1)
+    timesteps = None
+    if job.timesteps is not None:
+        try:
+            timesteps = tuple(float(v) for v in job.timesteps)
+        except (TypeError, ValueError):
+            raise GenerateError(f"timesteps must be a sequence of numbers; got {job.timesteps!r}") from None
+    if job.threshold is not None:
+        for name, v in (("threshold", job.threshold), ("threshold_max", job.threshold_max)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise GenerateError(f"{name} must be a finite number; got {v!r}")
+        if not 0.0 < job.threshold <= 1.0:
+            raise GenerateError(f"threshold (a quantile ratio) must lie in (0, 1]; got {job.threshold!r}")
+        if job.threshold_max <= 0:
+            raise GenerateError(f"threshold_max must be positive; got {job.threshold_max!r}")
     if job.dtype not in _DTYPES:
         raise GenerateError(f"dtype must be one of {list(_DTYPES)}; got {job.dtype!r}")
     if job.format not in _FORMATS:
@@ -397,7 +420,10 @@ def _plan(job: Job, local_rank: int = 0) -> _Plan:
     except (OSError, ImportError, RuntimeError) as e:  # WeightsError is a RuntimeError
         raise GenerateError(f"model {job.model!r} could not be loaded: {str(e).splitlines()[0]}") from None
     try:
-        grids.get_grid(job.grid, model.schedule, job.steps, job.t_start, job.t_end, job.rho)
+        if timesteps is None:
+            grids.get_grid(job.grid, model.schedule, job.steps, job.t_start, job.t_end, job.rho)
+        else:
+            grids.check_timesteps(torch.tensor(timesteps, dtype=torch.float64), model.schedule)
     except (TypeError, ValueError) as e:
         raise GenerateError(str(e).splitlines()[0]) from None
     labels = _labels_of(job, model.num_classes)
@@ -411,11 +437,14 @@ def _plan(job: Job, local_rank: int = 0) -> _Plan:
         "solver": job.solver,
         # Every option with its value as built (defaults included): `-O order=2` names the default solver.
         "options": {f.name: getattr(solver, f.name) for f in dataclasses.fields(solver)},
-        "steps": job.steps,
-        "grid": job.grid,
-        "t_start": job.t_start,
-        "t_end": job.t_end,
-        "rho": job.rho,
+        # An explicit grid replaces steps, grid, t_start, t_end and rho (recorded as None then).
+        "timesteps": None if timesteps is None else list(timesteps),
+        "steps": job.steps if timesteps is None else len(timesteps) - 1,
+        "grid": job.grid if timesteps is None else None,
+        "t_start": job.t_start if timesteps is None else None,
+        "t_end": job.t_end if timesteps is None else None,
+        "rho": job.rho if timesteps is None else None,
+        "threshold": None if job.threshold is None else [float(job.threshold), float(job.threshold_max)],
         "lower_order_final": job.lower_order_final,
         "denoise_to_zero": job.denoise_to_zero,
         "compat": job.compat,
@@ -574,6 +603,11 @@ def _draw(plan: _Plan, lo: int, hi: int) -> tuple[Tensor, Tensor]:
         x_T = noise.randn(*m.shape, dtype=plan.dtype, device=plan.device)
         y = _labels_for(plan.labels, idx, m.num_classes)
         y_dev = None if y is None else y.to(plan.device)
+        x0_fn = None
+        if job.threshold is not None:
+            x0_fn = functools.partial(
+                dynamic_threshold, ratio=float(job.threshold), max_val=float(job.threshold_max)
+            )
         with torch.no_grad():
             x = cp_sample(
                 _chunked(m.fn, job.chunk, y_dev),
@@ -585,6 +619,8 @@ def _draw(plan: _Plan, lo: int, hi: int) -> tuple[Tensor, Tensor]:
                 grid=job.grid,
                 t_start=job.t_start,
                 t_end=job.t_end,
+                timesteps=None if job.timesteps is None else torch.tensor(job.timesteps, dtype=torch.float64),
+                x0_fn=x0_fn,
                 rho=job.rho,
                 lower_order_final=job.lower_order_final,
                 denoise_to_zero=job.denoise_to_zero,
@@ -788,6 +824,13 @@ def _option(s: str) -> tuple[str, Any]:
     return key, _value(val)
 
 
+def _floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {s!r}") from None
+
+
 def _shape(s: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in s.split(","))
@@ -829,6 +872,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--t-start", type=float, default=None)
     s.add_argument("--t-end", type=float, default=1e-3)
     s.add_argument("--rho", type=float, default=7.0)
+    s.add_argument(
+        "--timesteps",
+        type=_floats,
+        default=None,
+        help="an explicit grid t_0 > ... > t_N, comma-separated (replaces --steps, --grid, --t-start/-end)",
+    )
+    s.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="dynamic thresholding of the predicted x0 at this quantile ratio, e.g. 0.995 (Saharia et al.)",
+    )
+    s.add_argument("--threshold-max", type=float, default=1.0, help="dynamic thresholding's max_val")
     s.add_argument("--no-lower-order-final", dest="lower_order_final", action="store_false")
     s.add_argument("--denoise-to-zero", action="store_true")
     s.add_argument("--compat", default=None, choices=["dpm-solver", "diffusers"])
@@ -880,6 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             denoise_to_zero=a.denoise_to_zero, compat=a.compat, seed=a.seed, labels=a.labels,
             guidance=a.guidance, batch_size=a.batch_size, shard_size=a.shard_size, chunk=a.chunk,
             dtype=a.dtype, device=a.device, format=a.format, prediction=a.prediction, shape=a.shape,
+            timesteps=a.timesteps, threshold=a.threshold, threshold_max=a.threshold_max,
         )  # fmt: skip
         m = generate(job, progress=a.progress)
     except GenerateError as err:
