@@ -42,6 +42,7 @@ import torch
 
 import companion as cp
 from companion.adapters import diffusers as adapter
+from companion.lab.bench import interleaved
 from companion.solvers import cache
 
 #: state-sized tensors a step must read + write (see the module docstring)
@@ -77,19 +78,6 @@ def peak_bytes(fn) -> int | None:
     fn()
     top = _status("VmHWM")
     return None if base is None or top is None else max(top - base, 0)
-
-
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median wall time of each function, run in turn A B A B ... ``repeats`` times after a warm-up."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def copy_bandwidth(x: torch.Tensor, repeats: int) -> float:

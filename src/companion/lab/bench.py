@@ -25,6 +25,7 @@ Errors are relative RMS, ``rms(x - ref) / rms(ref)`` over the batch.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "Target",
     "available_peers",
     "fewest_nfe",
+    "interleaved",
     "make_targets",
     "overhead",
     "ring",
@@ -458,12 +460,25 @@ def fewest_nfe(curve: dict, tol: float) -> int | None:
 FLOOR_UNITS = {"dpmpp2m": 5, "unipc2": 8, "ddim": 3}
 
 
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each function, run in turn A B A B ... ``repeats`` times after a warm-up, so that
+    a shared machine's load hits all of them alike."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def overhead(shape: Sequence[int] = (64, 3, 64, 64), steps: int = 20, repeats: int = 5) -> dict:
     """Per-step time of ours, diffusers' ``step`` and a memory-floor run (``copy_`` moving the bytes a step
     must read and write), interleaved ours, theirs, floor, ours, ... with the median kept; the model returns
     a precomputed tensor. One thread. Returns {algorithm: {ours_ms, diffusers_ms, floor_ms, ratio,
     ours_over_floor, diffusers_over_floor}}."""
-    import statistics
 
     import diffusers
 
@@ -519,16 +534,8 @@ def overhead(shape: Sequence[int] = (64, 3, 64, 64), steps: int = 20, repeats: i
                 for _ in range(half * steps // 2):  # an odd unit count: half a copy per step
                     dst.copy_(src)
 
-            fns = {"ours": ours, "diffusers": theirs, "floor": floor}
-            for f in fns.values():
-                f()
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            for _ in range(repeats):
-                for k, f in fns.items():
-                    t0 = time.perf_counter()
-                    f()
-                    times[k].append(time.perf_counter() - t0)
-            med = {k: statistics.median(v) / steps for k, v in times.items()}
+            med = interleaved({"ours": ours, "diffusers": theirs, "floor": floor}, repeats)
+            med = {k: v / steps for k, v in med.items()}
             out[name] = {
                 "ours_ms": 1e3 * med["ours"],
                 "diffusers_ms": 1e3 * med["diffusers"],
