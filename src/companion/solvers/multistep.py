@@ -10,11 +10,12 @@ the loop in :func:`run` only forms linear combinations.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from .._device import host_to
 from . import cache
 from .base import Evaluator, Points, base_coefs, can_update, first_order, kernel, lincomb, rows
 from .problem import Problem
@@ -97,6 +98,7 @@ class Prepared:
     ac: list | None = None
     bc: list | None = None
     s: list | None = None
+    fused: dict = field(default_factory=dict, compare=False, repr=False)  # memo of :func:`_fused_tables`
 
 
 def prepare(
@@ -171,6 +173,23 @@ def loop(
     hook: Callable[[int, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """:func:`run` on tables from :func:`prepare` (possibly cached)."""
+    if draw is None and prep.s is None:
+        tables = _fused_tables(ev, x, orders, prep)
+        if tables is not None:
+            return _loop_fused(ev, x, orders, prep, tables, hook)
+    return _loop_terms(ev, x, orders, prep, draw, hook)
+
+
+def _loop_terms(
+    ev: Evaluator,
+    x: Tensor,
+    orders: list[int],
+    prep: Prepared,
+    draw: Callable[[int], Tensor] | None = None,
+    hook: Callable[[int, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """The general loop: each combination a chain of two-operand kernels (any coefficient rows, noise,
+    a callback, autograd)."""
     n, K = len(orders), len(prep.b)
     plan, a_, b_, ac_, bc_, s_ = prep.plan, prep.a, prep.b, prep.ac, prep.bc, prep.s
     corrector = ac_
@@ -220,6 +239,142 @@ def loop(
         if hook is not None:
             x = hook(i, x)
     return x
+
+
+# --- The fused loop -------------------------------------------------------------------------------------
+# A combination of k state-sized terms as a chain of eager kernels (mul_, add_, add_, ...) reads and writes
+# about 3(k - 1) state-sized passes; the step's memory floor is k reads and one write. When every
+# coefficient is a host scalar, the model's predictions live as the rows of one (R, numel) buffer (a ring,
+# newest at slot i mod R) and each combination is a single BLAS call, x.addmm_(c, ring, beta=a): one read
+# of each row and of x, one write of x. The row vectors c of every step are laid out before the loop
+# (float64, cast once to x's dtype and moved in one copy), so the loop makes no host-device transfers.
+
+
+def _scale(ev: Evaluator, point) -> float | None:
+    """The factor c that :meth:`Evaluator.scaled_into` returns at ``point`` (m = c u), or None when it is
+    not a host scalar."""
+    cx, co = point[1], point[2]
+    if not (isinstance(cx, float) and isinstance(co, float)):
+        return None
+    if ev.x0_fn is not None:
+        return 1.0
+    return co if (cx == 0.0 or co != 0.0) else 1.0
+
+
+def _fused_tables(ev: Evaluator, x: Tensor, orders: list[int], prep: Prepared) -> tuple | None:
+    """(R, scales, C_pred, C_corr) for :func:`_loop_fused`, or None when the run does not qualify: no
+    history (the one-term fold is already at the floor), a per-sample coefficient, a dtype BLAS does not
+    take, or a state that needs autograd."""
+    K, corr = len(prep.b), prep.ac is not None
+    if (K == 1 and not corr) or x.requires_grad or x.dtype not in (torch.float32, torch.float64):
+        return None
+    if x.device.type not in ("cpu", "cuda") or x.numel() == 0:
+        return None
+    key = (tuple(orders), x.dtype, x.device)
+    if key in prep.fused:
+        return prep.fused[key]
+    rows_ = [prep.a, *prep.b] + ([prep.ac, *prep.bc] if corr else [])
+    scales = [_scale(ev, pt) for pt in prep.plan]
+    if any(c is None for c in scales) or not all(isinstance(v, float) for r in rows_ for v in r):
+        return None
+    n = len(orders)
+    R = K + 1 if corr else K
+    if not corr:
+        c = torch.zeros(n, 1, R, dtype=torch.float64)
+        for i in range(n):
+            for j in range(orders[i]):
+                c[i, 0, (i - j) % R] += prep.b[j][i] * scales[i - j]
+        tables = (R, scales, host_to(c, x.device, x.dtype))
+    else:
+        # Rows (corrected x_i, predicted x_{i+1}) over the columns (x_{i-1} corrected, ring slots): the
+        # predictor is written in terms of the step's inputs, so that one product makes both.
+        c = torch.zeros(n, 2, 1 + R, dtype=torch.float64)
+        for i in range(n):
+            if i == 0:
+                c[i, 0, 0] = 1.0
+            else:
+                p = orders[i - 1]
+                c[i, 0, 0] = prep.ac[i - 1]
+                for j in range(p):
+                    c[i, 0, 1 + (i - 1 - j) % R] += prep.bc[j][i - 1] * scales[i - 1 - j]
+                c[i, 0, 1 + i % R] += prep.bc[K][i - 1] * scales[i]
+            c[i, 1] = prep.a[i] * c[i, 0]
+            for j in range(orders[i]):
+                c[i, 1, 1 + (i - j) % R] += prep.b[j][i] * scales[i - j]
+        # On odd steps the corrected state sits after the ring ([ring; x_{i-1}]): its column moves last.
+        c[1::2] = torch.cat([c[1::2, :, 1:], c[1::2, :, :1]], 2)
+        tables = (R, scales, host_to(c, x.device, x.dtype))
+    prep.fused[key] = tables
+    return tables
+
+
+class _Replay:
+    """An evaluator whose first :meth:`scaled_into` returns a result already computed (the fused loop's
+    first model call, when it finds the output needs autograd and hands the run to :func:`_loop_terms`)."""
+
+    def __init__(self, ev: Evaluator, first: tuple):
+        self._ev, self._first = ev, first
+
+    def scaled_into(self, x, point, buf):
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return self._ev.scaled_into(x, point, buf)
+
+    def __getattr__(self, name):
+        return getattr(self._ev, name)
+
+
+def _loop_fused(
+    ev: Evaluator,
+    x: Tensor,
+    orders: list[int],
+    prep: Prepared,
+    tables: tuple,
+    hook: Callable[[int, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """:func:`loop` with each combination one ``addmm``: predictor only, the state is updated in place;
+    with a corrector (UniC) the corrected state is row 0 of the buffer [x_prev; ring], corrected in place,
+    and the predictor writes the next model input into a state tensor of its own. A callback (``hook``)
+    is shown a copy of the state, which it may keep; a tensor it returns is copied into the state, so a
+    run with a callback that returns nothing equals the run without one bit for bit."""
+    R, scales, coef = tables
+    n, corr = len(orders), prep.ac is not None
+    numel = x.numel()
+    if corr:
+        # [xc_A; ring; xc_B; P]: the corrected state alternates between xc_A and xc_B, so that each step's
+        # input rows ([xc_A; ring] or [ring; xc_B]) and output rows (the other xc, and P) are both evenly
+        # strided views, one matrix product apart.
+        big = torch.zeros((R + 3, numel), dtype=x.dtype, device=x.device)
+        ring = big[1 : R + 1]
+        ins = (big[0 : R + 1], big[1 : R + 2])
+        outs = (big[R + 1 : R + 3], big.as_strided((2, numel), ((R + 2) * numel, 1), big.storage_offset()))
+        pred = big[R + 2].view(x.shape)
+    else:
+        ring = torch.zeros((R, numel), dtype=x.dtype, device=x.device)
+    for i in range(n):
+        slot = ring[i % R].view(x.shape)
+        u, c, fresh = ev.scaled_into(x, prep.plan[i], slot)
+        if i == 0 and u.requires_grad:
+            return _loop_terms(_Replay(ev, (u, c, fresh)), x, orders, prep, hook=hook)  # type: ignore[arg-type]
+        if c != scales[i]:  # a host comparison: the tables were laid out for this factor
+            raise RuntimeError(f"fused multistep loop: step {i} scale {c} differs from its table {scales[i]}")
+        if u.data_ptr() != slot.data_ptr():
+            slot.copy_(u)
+        if corr:
+            if i == 0:
+                big[0].copy_(x.reshape(-1))
+            torch.mm(coef[i], ins[i % 2], out=outs[i % 2])
+            x = pred
+        else:
+            if i == 0:
+                x = x.contiguous().clone()
+            x.view(1, numel).addmm_(coef[i], ring, beta=prep.a[i])
+        if hook is not None:
+            x.copy_(
+                hook(i, x.clone())
+            )  # the callback may have changed its copy in place; no sync to find out
+    return x.clone() if corr else x
 
 
 def solve(
