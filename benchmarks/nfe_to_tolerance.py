@@ -27,7 +27,7 @@ QUICK_NFE = [5, 8, 10, 15, 20, 30, 40]
 def table(res: dict) -> str:
     tols = [f"{t:g}" for t in res["tolerances"]]
     lines = [
-        f"{'target':12s} {'algorithm':10s} {'implementation':14s} "
+        f"{'target':12s} {'algorithm':14s} {'implementation':14s} "
         + " ".join(f"{'tol ' + t:>9s}" for t in tols)
     ]
     for tg, rec in res["targets"].items():
@@ -35,25 +35,31 @@ def table(res: dict) -> str:
             for impl, c in arec["curves"].items():
                 cells = [c["to_tol"][t] for t in tols]
                 lines.append(
-                    f"{tg:12s} {a:10s} {impl:14s} "
+                    f"{tg:12s} {a:14s} {impl:14s} "
                     + " ".join(f"{('>' + str(max(c['nfe']))) if v is None else v:>9}" for v in cells)
                 )
     return "\n".join(lines)
 
 
 def verdicts(res: dict) -> list[str]:
-    """Where ours needs more calls than a peer (for any tolerance), one line each."""
+    """Where ours needs more calls than a peer (for any tolerance), one line each; rows where ours is not the
+    peer's formula (``Algorithm.differs``) are marked, since they are no same-algorithm comparison."""
     out = []
     for tg, rec in res["targets"].items():
         for a, arec in rec["algorithms"].items():
             curves = arec["curves"]
+            mark = (
+                " (a different formula: " + bench.ALGORITHMS[a].differs + ")"
+                if bench.ALGORITHMS[a].differs
+                else ""
+            )
             for impl, c in curves.items():
                 if impl == "ours":
                     continue
                 for t, theirs in c["to_tol"].items():
                     ours = curves["ours"]["to_tol"][t]
                     if theirs is not None and (ours is None or ours > theirs):
-                        out.append(f"{tg} {a} tol {t}: ours {ours} > {impl} {theirs}")
+                        out.append(f"{tg} {a} tol {t}: ours {ours} > {impl} {theirs}{mark}")
     return out
 
 
@@ -78,9 +84,13 @@ def main() -> None:
         print(f"skipped peer {name}: {why}")
     print(table(res))
     worse = verdicts(res)
+    same = [w for w in worse if "(a different formula" not in w]
     print("ours needs more calls than a peer:" if worse else "ours at or below every peer everywhere")
     for line in worse:
         print("  " + line)
+    print(
+        f"same algorithm: {'ours at or below every peer' if not same else f'ours needs more calls in {len(same)} cells'}"
+    )
     print(f"{res['seconds']:.0f} s, load average {res['load']}")
     if args.json:
         with open(args.json, "w") as f:

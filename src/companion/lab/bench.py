@@ -319,6 +319,9 @@ class Algorithm:
     grid: str  # "sigma" or "ddim"
     peers: dict[str, Callable] = field(default_factory=dict)
     nfe_per_step: int = 1
+    #: why ours is not the peers' formula under the same name ("" when it is): such a row is shown beside
+    #: the peers but is not a same-algorithm comparison
+    differs: str = ""
 
 
 def _diffusers_peer(kind: str):
@@ -349,8 +352,20 @@ ALGORITHMS: dict[str, Algorithm] = {
         {"diffusers": _diffusers_peer("sigma")},
     ),
     "dpmpp3m": Algorithm(
-        "DPM-Solver++(3M)",
+        "DPM-Solver++(3M), ours exact",
         dict(solver="dpmsolver++", order=3),
+        ("DPMSolverMultistepScheduler", dict(solver_order=3, **_SIGMA_MIN)),
+        "sigma",
+        {"diffusers": _diffusers_peer("sigma")},
+        differs="ours is the exact third-order step; diffusers' is the shipped second-order formula "
+        "(ours: variant='legacy', row dpmpp3m-legacy)",
+    ),
+    # diffusers' (and the official code's) third-order step, which is second order (docs/findings/dpmpp_3m.md):
+    # the same formula as ours with variant="legacy", so this row compares like with like; "dpmpp3m" above
+    # sets our corrected step against it.
+    "dpmpp3m-legacy": Algorithm(
+        "DPM-Solver++(3M), shipped formula",
+        dict(solver="dpmsolver++", order=3, variant="legacy"),
         ("DPMSolverMultistepScheduler", dict(solver_order=3, **_SIGMA_MIN)),
         "sigma",
         {"diffusers": _diffusers_peer("sigma")},
