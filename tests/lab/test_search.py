@@ -106,3 +106,14 @@ def test_shipped_results_load_and_reproduce_their_fitness():
     cand, meta = S.load(S.shipped("2d-nfe4-full"))
     model, x, ref = S.book_problem("2d", meta["search_size"], meta["search_seed"], SCHED)
     assert S.Objective(model, SCHED, x, ref)(cand) == meta["fitness"]
+
+
+def test_the_regeneration_command_writes_loadable_results(tmp_path):
+    """``python -m companion.lab.search`` (what FULL=True runs) at a tiny budget: both searches are written,
+    load back, record their command, and never score worse than the baseline they started from."""
+    S.main(["--out", str(tmp_path), "--targets", "2d", "--nfe", "4", "--budget", "6", "--search-size", "16"])
+    for kind in ("full", "timesteps_only"):
+        cand, meta = S.load(tmp_path / f"2d-nfe4-{kind}.json")
+        assert cand.nfe == 4 and meta["evaluations"] == 6 and meta["kind"] == kind
+        assert "--budget 6" in meta["command"]
+        assert meta["fitness"] <= meta["baseline_fitness"]
