@@ -10,6 +10,7 @@ need not.
 * :mod:`.data`        sklearn's digits and generated 2-D data sets
 * :mod:`.models`      the networks the project trains and ships (safetensors + cards)
 * :mod:`.train`       ``python -m companion.lab.train``: the recipes that retrain them
+* :mod:`.search`      ``python -m companion.lab.search``: S^3 solver search over ``usf`` plans (imported on use)
 """
 
 from . import chapter, claims, data, digits_metrics, experiments, gap, metrics, models

@@ -5,7 +5,7 @@ returns the solver object (a frozen dataclass whose fields are its options, each
 built), which ``companion.sample(..., solver=<object>)`` also accepts. One module per family:
 
 * exponential integrators of the probability-flow ODE: :mod:`.ddim`, :mod:`.dpm_solver` (with its
-  :mod:`.singlestep` and :mod:`.adaptive` methods), :mod:`.deis`, :mod:`.unipc`; their shared multistep
+  :mod:`.singlestep` and :mod:`.adaptive` methods), :mod:`.deis`, :mod:`.unipc`, :mod:`.usf` (per-step plans, S^3); their shared multistep
   engine :mod:`.multistep` and maths :mod:`.base`;
 * Runge-Kutta and pseudo-numerical baselines: :mod:`.rk` (Euler, Heun), :mod:`.pndm`;
 * reverse-time SDEs (:mod:`.reverse_sde`): :mod:`.euler_maruyama`, :mod:`.ancestral`,
@@ -35,6 +35,7 @@ from . import (
     sde_dpm_solver,
     singlestep,
     unipc,
+    usf,
 )
 from .ancestral import Ancestral
 from .base import phi
@@ -51,6 +52,7 @@ from .registry import Option, OrderCheck, Solver, available, build, get, registe
 from .rk import Euler, Heun
 from .sde_dpm_solver import SDEDPMSolverPP
 from .unipc import UniPC
+from .usf import USF
 
 __all__ = [
     "Ancestral",
@@ -72,6 +74,7 @@ __all__ = [
     "SDEDPMSolverPP",
     "Solver",
     "UniPC",
+    "USF",
     "adaptive",
     "ancestral",
     "available",
@@ -95,4 +98,5 @@ __all__ = [
     "sde_dpm_solver",
     "singlestep",
     "unipc",
+    "usf",
 ]
