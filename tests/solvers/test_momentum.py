@@ -217,3 +217,17 @@ def test_bad_time_shift_options_raise_clear_errors():
     for solver in ("ddim", "ancestral", "ghvb", "plms-hb"):
         with pytest.raises(TypeError, match="time_shift"):
             cp.solvers.build(solver, time_shift={"window": 0.01})
+
+
+# --- stability ----------------------------------------------------------------------------------------------
+def test_real_stability_intervals_of_adams_bashforth_and_momentum():
+    from companion.solvers.momentum import real_stability_interval as a
+
+    # Adams-Bashforth 1-4 (beta = 1): the textbook intervals [-2, 0], [-1, 0], [-6/11, 0], [-3/10, 0]
+    for r, want in ((1, -2.0), (2, -1.0), (3, -6 / 11), (4, -0.3)):
+        assert a("ghvb", r, 1.0) == pytest.approx(want, abs=1e-6)
+    # heavy ball on Euler: v' = (1 - b) v + b lambda x, x' = x + delta v' has the interval [-2(2 - b)/b, 0]
+    for b in (0.25, 0.5, 0.8):
+        assert a("hb", 1, b) == pytest.approx(-2 * (2 - b) / b, abs=1e-6)
+    # momentum enlarges it: GHVB 3.8 and 3.5 against AB4
+    assert a("ghvb", 4, 1.0) > a("ghvb", 4, 0.8) > a("ghvb", 4, 0.5)

@@ -132,10 +132,12 @@ class MomentumPlan:
             u = np.stack([(self.s[n - i] - s_n) / delta for i in range(q)])
             mom = np.stack([u**p for p in range(q)], 1)
             return _solve_moments(mom)
+        # v's weights on f_j decay like (1 - beta)^(n - j): nodes past 1e-17 of relative weight are dropped
         L = n + 1
-        u = np.stack([(self.s[j] - s_n) / delta for j in range(L)])  # (L, *batch)
-        powers = np.stack([u**p for p in range(q)], 0)  # (q_p, L, *batch)
-        A = np.stack([np.pad(self.a[n - i], (0, i)) for i in range(q)])  # rows of v_{n+1-i}, (q, L)
+        j0 = max(0, L - q - math.ceil(math.log(1e-17) / math.log1p(-self.beta)))
+        u = np.stack([(self.s[j] - s_n) / delta for j in range(j0, L)])  # (L - j0, *batch)
+        powers = np.stack([u**p for p in range(q)], 0)  # (q_p, L - j0, *batch)
+        A = np.stack([np.pad(self.a[n - i], (0, i))[j0:] for i in range(q)])  # rows of v_{n+1-i}
         mom = np.einsum("il,pl...->ip...", A, powers)
         return _solve_moments(mom)
 
@@ -341,3 +343,38 @@ class PLMSHeavyBall(_Momentum):
         if self.order > 2:
             return OrderCheck(None, reason=_START_REASON)
         return OrderCheck(float(self.order))
+
+
+def boundary_locus(kind: str, order: int, beta: float, n: int = 2001) -> np.ndarray:
+    """The boundary locus z(theta) of the absolute-stability region (paper App. D, eqs. 40-47) on the test
+    equation xbar' = lambda xbar with z = delta lambda and the paper's uniform-step weights.
+
+    With x_n = zeta^n, v_n = V zeta^n: GHVB gives V (zeta - 1 + beta) = beta lambda, hence
+    z = (zeta - 1)(zeta - 1 + beta) / (beta sum_i w_i zeta^{1-i}); heavy ball (inner Adams-Bashforth b)
+    gives z = (zeta - 1)(zeta - 1 + beta) / (beta zeta sum_i b_i zeta^{-i}). zeta = e^{i theta}."""
+    if kind not in ("ghvb", "hb"):
+        raise ValueError(f"kind must be 'ghvb' or 'hb'; got {kind!r}")
+    zeta = np.exp(1j * np.linspace(0.0, 2 * np.pi, n))
+    if kind == "ghvb":
+        w = ghvb_weights(order, beta)
+        den = beta * sum(wi * zeta ** (1 - i) for i, wi in enumerate(w))
+    else:
+        b = ab_weights(order)
+        den = beta * zeta * sum(bi * zeta ** (-i) for i, bi in enumerate(b))
+    return (zeta - 1) * (zeta - 1 + beta) / den
+
+
+def real_stability_interval(kind: str, order: int, beta: float) -> float:
+    """The left end of the real stability interval [-a, 0]: the locus's leftmost crossing of the real
+    axis near 0 (the crossing closest to the origin)."""
+    z = boundary_locus(kind, order, beta, 200001)
+    re = z.real[(np.abs(z.imag) < 1e-9 * np.maximum(1, np.abs(z))) | _crossings(z)]
+    neg = re[re < -1e-9]
+    return float(neg.max()) if neg.size else -math.inf
+
+
+def _crossings(z: np.ndarray) -> np.ndarray:
+    s = np.sign(z.imag)
+    out = np.zeros(z.shape, dtype=bool)
+    out[:-1] = s[:-1] * s[1:] < 0
+    return out

@@ -11,6 +11,9 @@ the one whose forward variance is nearest:
 * ``target="signal"``: |v - (sigma_tau^2 + alpha_tau^2 signal_var)|, the forward variance including the
   data's per-sample pixel variance ``signal_var`` (E Var_pix(x_0)).
 
+``offset`` moves the window's centre to t + offset; with ``window=0`` it is the deterministic shift
+t -> t + offset (for t > cutoff), the baseline the paper's rule must beat.
+
 The state keeps its values and takes the chosen time t_s: the model is evaluated at t_s and the step goes
 from t_s to the next grid time (both the network's time input and the transfer coefficients move; the
 multistep solvers enter t_s into their history, so their coefficients see the true node). Candidates
@@ -60,6 +63,7 @@ class TimeShift:
 
     window: float = 0.0
     cutoff: float = 0.0
+    offset: float = 0.0
     target: str = "paper"
     signal_var: float | None = None
     resolution: float = 1e-3
@@ -67,6 +71,10 @@ class TimeShift:
     def __post_init__(self):
         _real("window", self.window, 0.0)
         _real("cutoff", self.cutoff, 0.0)
+        if not isinstance(self.offset, (int, float)) or isinstance(self.offset, bool):
+            raise TypeError(f"TimeShift: offset must be a number; got {type(self.offset).__name__}")
+        if not math.isfinite(self.offset):
+            raise ValueError(f"TimeShift: offset must be finite; got {self.offset!r}")
         _real("resolution", self.resolution, 0.0, open_lo=True)
         if not isinstance(self.target, str) or self.target not in _TARGETS:
             raise ValueError(f"TimeShift: target must be one of {list(_TARGETS)}; got {self.target!r}")
@@ -79,8 +87,8 @@ class TimeShift:
 
     @property
     def active(self) -> bool:
-        """False for ``window`` below one lattice step (then the sampler is the plain one)."""
-        return math.floor(self.window / 2 / self.resolution + 1e-9) >= 1
+        """False for ``window`` below one lattice step and no offset (then the sampler is the plain one)."""
+        return math.floor(self.window / 2 / self.resolution + 1e-9) >= 1 or self.offset != 0
 
     def target_variance(self, schedule, tau: Tensor) -> Tensor:
         var = schedule.sigma(tau) ** 2
@@ -96,14 +104,15 @@ class TimeShift:
         if float(t) <= self.cutoff:
             return t.expand(B).clone()
         K = math.floor(self.window / 2 / self.resolution + 1e-9)
-        tau = t + self.resolution * torch.arange(-K, K + 1, dtype=torch.float64)  # (C,)
+        tau = t + self.offset + self.resolution * torch.arange(-K, K + 1, dtype=torch.float64)  # (C,)
         var = x.detach().reshape(B, -1).to(torch.float64).var(dim=1, unbiased=False).cpu()  # (B,)
         dist = (var[:, None] - self.target_variance(schedule, tau)[None, :]).abs()
         ok = (tau[None, :] > torch.as_tensor(lo, dtype=torch.float64).reshape(-1, 1)) & (
             tau[None, :] < torch.as_tensor(hi, dtype=torch.float64).reshape(-1, 1)
         )
-        ok = ok | (tau == t)[None, :]  # the nominal time is always allowed
         dist = torch.where(ok, dist, torch.full_like(dist, math.inf))
+        dist = torch.cat([dist, torch.full_like(dist[:, :1], 1e308)], 1)  # nominal t: the fallback
+        tau = torch.cat([tau, t[None]])
         return tau[dist.argmin(dim=1)]
 
 
