@@ -231,3 +231,29 @@ def test_real_stability_intervals_of_adams_bashforth_and_momentum():
         assert a("hb", 1, b) == pytest.approx(-2 * (2 - b) / b, abs=1e-6)
     # momentum enlarges it: GHVB 3.8 and 3.5 against AB4
     assert a("ghvb", 4, 1.0) > a("ghvb", 4, 0.8) > a("ghvb", 4, 0.5)
+
+
+def test_the_official_warm_up_caps_the_order_at_two_and_rk4_starting_values_do_not(report):
+    # Started at t = 0.3 on a narrow Gaussian, where the warm-up's first-order first step is not negligible
+    # (from t = 1 the cap shows only far beyond 1280 steps).
+    g = cp.targets.Gaussian(
+        torch.tensor([0.5, -0.3], dtype=torch.float64),
+        torch.tensor([[0.03, 0.01], [0.01, 0.005]], dtype=torch.float64),
+    )
+    model, t0 = g.model(VP, "eps"), torch.tensor(0.3, dtype=torch.float64)
+    x = _x() * VP.sigma(t0) + VP.alpha(t0) * g.mean()
+    ref = g.flow_map(x, 0.3, T1, VP)
+    steps = (160, 320, 640, 1280)
+    fits = {}
+    for start in ("multistep", "rk4"):
+        errs = []
+        for n in steps:
+            ts = cp.grids.get_grid("logsnr", VP, n, 0.3, T1, 7.0)
+            y = cp.sample(model, x, schedule=VP, timesteps=ts, solver="ghvb", m=3.5, start=start)
+            errs.append(float((y - ref).norm(dim=1).mean()))
+        fits[start] = fitted_order(steps, errs)
+        report(
+            "fitted order (ghvb, exact start, logSNR grid)", f"m=3.5 from t=0.3, start={start}", fits[start]
+        )
+    assert abs(fits["multistep"] - 2) <= 0.3, fits
+    assert abs(fits["rk4"] - 4) <= 0.15, fits
