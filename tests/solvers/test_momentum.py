@@ -257,3 +257,15 @@ def test_the_official_warm_up_caps_the_order_at_two_and_rk4_starting_values_do_n
         )
     assert abs(fits["multistep"] - 2) <= 0.3, fits
     assert abs(fits["rk4"] - 4) <= 0.15, fits
+
+
+def test_time_shift_refuses_inversion_and_per_sample_grids():
+    g = _gaussian()
+    model, x = g.model(VP, "eps"), _x()
+    ts = TS(window=0.02)
+    for solver in ("ddim", "ghvb"):
+        with pytest.raises(ValueError, match="noise to data"):
+            cp.invert(model, x, schedule=VP, solver=solver, steps=5, t_end=1e-3, time_shift=ts)
+        grid = torch.stack([torch.linspace(1.0, 1e-3, 6, dtype=torch.float64)] * x.shape[0], 1)
+        with pytest.raises(ValueError, match="one grid"):
+            cp.sample(model, x, schedule=VP, solver=solver, timesteps=grid, time_shift=ts)

@@ -160,8 +160,6 @@ class _Momentum(Solver):
         ts = getattr(self, "time_shift", None)
         grid = prob.grid(prob.steps)
         if ts is not None and ts.active:
-            if grid.dim() != 1:
-                raise ValueError("time_shift needs one grid for the whole batch (1-D timesteps)")
             return momentum_with_shift(self, prob, grid, ts)
         return run_momentum(self, prob, grid)
 

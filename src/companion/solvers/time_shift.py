@@ -116,6 +116,13 @@ class TimeShift:
         return tau[dist.argmin(dim=1)]
 
 
+def _check_grid(grid: Tensor) -> None:
+    if grid.dim() != 1:
+        raise ValueError("time_shift needs one grid for the whole batch (1-D timesteps)")
+    if grid.shape[0] > 1 and not bool(grid[1] < grid[0]):
+        raise ValueError("time_shift runs from noise to data only (decreasing times); not with invert")
+
+
 def _col(v: Tensor, x: Tensor) -> Tensor:
     return v.to(device=x.device, dtype=x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
 
@@ -126,8 +133,7 @@ def shifted_first_order(
     """DDIM / ancestral steps x_{i+1} = a x + b x0(x, t_s) + std z from the shifted time t_s of each state
     to the next grid time; ``coefs(points)`` gives (a, b, std) on points of shape (2, B)."""
     grid = prob.grid(prob.steps)
-    if grid.dim() != 1:
-        raise ValueError("time_shift needs one grid for the whole batch (1-D timesteps)")
+    _check_grid(grid)
     x = prob.x
     B = x.shape[0]
     ev = prob.evaluator("x0")
@@ -153,6 +159,7 @@ def momentum_with_shift(solver, prob: Problem, grid: Tensor, ts: TimeShift) -> T
     """Heavy ball / GHVB (:mod:`.momentum`) with each node's time shifted (its history keeps t_s)."""
     from .momentum import run_momentum
 
+    _check_grid(grid)
     B = prob.x.shape[0]
     state = {"prev": grid[0].expand(B) + ts.resolution}
 
