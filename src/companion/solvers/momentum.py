@@ -153,9 +153,6 @@ class _Momentum(Solver):
 
     kind: ClassVar[str] = ""
 
-    def _q(self, n: int) -> int:
-        return min(self.order, n + 1)
-
     def __call__(self, prob: Problem) -> Tensor:
         ts = getattr(self, "time_shift", None)
         grid = prob.grid(prob.steps)
@@ -219,10 +216,8 @@ def run_momentum(solver: _Momentum, prob: Problem, grid: Tensor, shift=None) -> 
             v = [e if not v else lincomb([(1 - solver.beta, v[0]), (solver.beta, e)])] + v[: solver.order - 1]
         f = [e] + f[: solver.order - 1]
         delta = _col(s_next - s_i, x)
-        if i < n_rk:
+        if i < n_rk:  # GHVB's RK4 starting values (heavy ball has no start option)
             xbar = _rk4(eps_at, sched, xbar, e, t_i, t_next, s_i, s_next, delta, x)
-            if solver.kind == "hb":
-                v = [lincomb([(1 - solver.beta, v[0]), (solver.beta, e)]) if v else e]
         else:
             q = len(v) if solver.kind == "ghvb" else len(f)
             w = _rows(plan.step(s_next, q), x)
