@@ -10,7 +10,9 @@ built), which ``companion.sample(..., solver=<object>)`` also accepts. One modul
 * Runge-Kutta and pseudo-numerical baselines: :mod:`.rk` (Euler, Heun), :mod:`.pndm`;
 * reverse-time SDEs (:mod:`.reverse_sde`): :mod:`.euler_maruyama`, :mod:`.ancestral`,
   :mod:`.sde_dpm_solver`, :mod:`.predictor_corrector`, :mod:`.interpolant`;
-* mean-reverting diffusion: :mod:`.mrs` (the MR Sampler, ODE and SDE).
+* mean-reverting diffusion: :mod:`.mrs` (the MR Sampler, ODE and SDE);
+* momentum on Adams-Bashforth: :mod:`.momentum` (heavy ball, GHVB); the time-shift option of DDIM,
+  ancestral and the momentum solvers: :mod:`.time_shift`.
 
 Each family module registers its solvers with ``@register`` next to their definition (:mod:`.registry`).
 """
@@ -26,6 +28,7 @@ from . import (
     dpm_solver,
     euler_maruyama,
     interpolant,
+    momentum,
     mrs,
     multistep,
     pndm,
@@ -34,6 +37,7 @@ from . import (
     rk,
     sde_dpm_solver,
     singlestep,
+    time_shift,
     unipc,
     usf,
 )
@@ -44,6 +48,7 @@ from .deis import DEIS
 from .dpm_solver import DPMSolver, DPMSolverPP
 from .euler_maruyama import EulerMaruyama, forward_euler_maruyama
 from .interpolant import Interpolant
+from .momentum import GHVB, PLMSHeavyBall
 from .mrs import MRS, MRSSDE
 from .pndm import PNDM
 from .predictor_corrector import PredictorCorrector
@@ -51,6 +56,7 @@ from .problem import Problem
 from .registry import Option, OrderCheck, Solver, available, build, get, register
 from .rk import Euler, Heun
 from .sde_dpm_solver import SDEDPMSolverPP
+from .time_shift import TimeShift
 from .unipc import UniPC
 from .usf import USF
 
@@ -61,6 +67,7 @@ __all__ = [
     "DPMSolver",
     "DPMSolverPP",
     "Euler",
+    "GHVB",
     "EulerMaruyama",
     "Heun",
     "Interpolant",
@@ -68,11 +75,13 @@ __all__ = [
     "MRSSDE",
     "Option",
     "OrderCheck",
+    "PLMSHeavyBall",
     "PNDM",
     "PredictorCorrector",
     "Problem",
     "SDEDPMSolverPP",
     "Solver",
+    "TimeShift",
     "UniPC",
     "USF",
     "adaptive",
@@ -87,6 +96,7 @@ __all__ = [
     "forward_euler_maruyama",
     "get",
     "interpolant",
+    "momentum",
     "mrs",
     "multistep",
     "phi",
@@ -97,6 +107,7 @@ __all__ = [
     "rk",
     "sde_dpm_solver",
     "singlestep",
+    "time_shift",
     "unipc",
     "usf",
 ]

@@ -12,6 +12,7 @@ from .ddim import ddim_noise_coefs
 from .problem import Problem
 from .registry import OrderCheck, Solver, choice, number, register
 from .reverse_sde import grid_points, run_noisy
+from .time_shift import shifted_first_order, time_shift_option
 
 __all__ = ["Ancestral", "ancestral_coefs"]
 
@@ -63,6 +64,7 @@ class Ancestral(Solver):
     variance: str = choice(
         "small", ("small", "large"), "DDPM's beta-tilde (small) or beta (large, eta = 1 only)"
     )
+    time_shift: object = time_shift_option()
 
     def validate(self) -> None:
         if self.variance == "large" and self.eta != 1.0:
@@ -84,6 +86,13 @@ class Ancestral(Solver):
         return OrderCheck(1.0, kind="strong" if self.eta > 0 else "ode")
 
     def __call__(self, prob: Problem) -> Tensor:
+        if self.time_shift is not None and self.time_shift.active:
+            return shifted_first_order(
+                prob,
+                self.time_shift,
+                lambda pts: ancestral_coefs(pts, self.eta, self.variance),
+                self.eta > 0,
+            )
         pts = grid_points(prob)
         a, b, std = ancestral_coefs(pts, self.eta, self.variance)
         return run_noisy(prob, "x0", pts, [1] * len(a), a, b[:, None], std)

@@ -13,6 +13,7 @@ from . import multistep as ms
 from .base import Points, first_order
 from .problem import Problem
 from .registry import OrderCheck, Solver, choice, number, register
+from .time_shift import shifted_first_order, time_shift_option
 
 __all__ = ["DDIM", "ddim_noise_coefs"]
 
@@ -38,6 +39,7 @@ class DDIM(Solver):
 
     order: int = choice(1, (1,), "first order only")
     eta: float = number(0.0, 0.0, 1.0, doc="the fraction of the posterior standard deviation injected")
+    time_shift: object = time_shift_option()
 
     @property
     def stochastic(self) -> bool:
@@ -53,6 +55,10 @@ class DDIM(Solver):
         return OrderCheck(1.0, kind="strong" if self.eta > 0 else "ode")
 
     def __call__(self, prob: Problem) -> Tensor:
+        if self.time_shift is not None and self.time_shift.active:
+            return shifted_first_order(
+                prob, self.time_shift, lambda pts: ddim_noise_coefs(pts, self.eta), self.eta > 0
+            )
         ev = prob.evaluator("x0")
         if self.eta == 0.0:
             t = prob.grid(prob.steps)
