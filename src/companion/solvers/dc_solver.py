@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +40,9 @@ def _is_ratio_seq(v: Any) -> bool:
     if isinstance(v, Tensor | np.ndarray):
         return v.ndim == 1 and not (v.dtype == torch.bool or v.dtype == np.bool_)
     if isinstance(v, list | tuple):
-        return all(isinstance(r, int | float | np.floating | np.integer) and not isinstance(r, bool) for r in v)
+        return all(
+            isinstance(r, int | float | np.floating | np.integer) and not isinstance(r, bool) for r in v
+        )
     return False
 
 
@@ -79,7 +81,9 @@ def check_ratios(ratios: Sequence[float] | None, steps: int, dc_order: int) -> t
     return r
 
 
-def compensation_weights(t_nodes: Sequence[Tensor], t_prev: Tensor, t_cur: Tensor, rho: Tensor) -> list[Tensor]:
+def compensation_weights(
+    t_nodes: Sequence[Tensor], t_prev: Tensor, t_cur: Tensor, rho: Tensor
+) -> list[Tensor]:
     """Lagrange weights w_j (m' = sum_j w_j m_j) of the nodes ``t_nodes`` = (t_i, t_{i-1}, ..., t_{i-q})
     evaluated at t' = t_prev + rho (t_cur - t_prev); differentiable in ``rho`` (the ratio search)."""
     tp = t_prev + rho * (t_cur - t_prev)
