@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,7 +178,12 @@ def search_ratios(
         terms = [(prep.ac[i], x)] + [(prep.bc[j][i], hist[j]) for j in range(orders[i])]
         return lincomb(terms + [(prep.bc[K][i], m_next)])
 
-    bar = tqdm(range(n), desc="dc ratio search", disable=not progress, leave=False)
+    bar = tqdm(
+        range(n),
+        desc="dc ratio search",
+        disable=not progress or bool(os.environ.get("TQDM_DISABLE")),
+        leave=False,
+    )
     for i in bar:
         with torch.no_grad():
             m = ev(x, prep.plan[i])
