@@ -1,5 +1,5 @@
 """DC-Solver's ratios: the greedy search against a reference trajectory and the cascade polynomial regression
-(Zhao et al. 2024, arXiv 2409.03755, Sec. 3.3-3.4; the official ``find_optim_ratio`` and
+(Zhao et al. 2024, arXiv 2409.03755; as in the official ``find_optim_ratio`` and
 ``cascade_polynomial_regression``).
 
 * :func:`reference_states` integrates a few noises accurately and keeps the states at the sampling grid's

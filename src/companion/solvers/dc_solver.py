@@ -6,10 +6,10 @@ continues from the *corrected* x_i; the misalignment grows with classifier-free 
 replaces m_i, before the predictor of step i, by the Lagrange polynomial through the last ``dc_order + 1``
 buffered outputs (m_i, m_{i-1}, ..., in continuous time t) evaluated at
 
-    t' = t_{i-1} + rho_i (t_i - t_{i-1}),                                 (paper eq. 9; official code)
+    t' = t_{i-1} + rho_i (t_i - t_{i-1})          (official code: DCSolver.dynamic_compensation)
 
 and keeps the compensated value in the history. rho_i = 1 gives t' = t_i, i.e. UniPC itself; the per-step
-ratios rho are searched against a reference trajectory (:mod:`companion.lab.dc`). The corrector of step
+ratios rho are searched against a reference trajectory (:func:`companion.dc.search_ratios`). The corrector of step
 i - 1 still uses the raw m_i (it is computed before the compensation, as in the official code), so the
 corrector costs no model call and DC none either: 1 NFE per step.
 """
