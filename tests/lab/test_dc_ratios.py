@@ -49,3 +49,14 @@ def test_shipped_cells_and_cpr(shipped, name):
 def test_target_rejects_unknown_name():
     with pytest.raises(ValueError, match="name"):
         labdc.target("cifar", 7.5, 4)
+
+
+def test_misalignment_is_the_corrected_minus_the_stored_prediction():
+    tg = labdc.target("mixture", 3.0, 4)
+    x = labdc.noise("mixture", 4, 0)
+    mis = labdc.misalignment(tg, x, 5)
+    assert len(mis) == 4 and all(v >= 0 and v == v for v in mis)  # one per corrected step, finite
+    # without guidance the ODE is a true PF-ODE of a smooth mixture and the misalignment is small
+    assert max(labdc.misalignment(labdc.target("mixture", 1.0, 4), x, 5)) < max(
+        labdc.misalignment(labdc.target("mixture", 7.5, 4), x, 5)
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "timesteps",
     "reference",
     "run",
+    "misalignment",
     "best_constant",
     "search_table",
     "load_shipped",
@@ -121,6 +123,33 @@ def run(tg: Target, x: Tensor, nfe: int, solver: str, **options) -> Tensor:
         return sample(
             tg.model, x, schedule=tg.schedule, timesteps=timesteps(tg, nfe), solver=solver, **options
         )
+
+
+def misalignment(tg: Target, x: Tensor, nfe: int) -> list[float]:
+    """What UniPC's free corrector leaves in its history, per corrected step i: the relative distance
+    ||m(x^c_i) - m(x~_i)|| / ||m(x~_i)|| between the data prediction at the corrected state (never evaluated
+    by the sampler) and the stored one at the predicted state, along a UniPC run with the chapter's options."""
+    from ..solvers.base import lincomb
+    from ..solvers.dc_solver import DCSolver, dc_tables
+    from ..solvers.problem import Problem
+
+    ts = timesteps(tg, nfe)
+    prob = Problem(tg.model, tg.schedule, "eps", x, nfe, lambda _n: ts, None, math.inf, None)
+    ev, orders, prep, _, _ = dc_tables(prob, DCSolver(**SETTINGS))
+    K, hist, x_prev, out = len(prep.b), [], x, []
+    with torch.no_grad():
+        for i in range(nfe):
+            m = ev(x, prep.plan[i])
+            if i > 0:
+                terms = [(prep.ac[i - 1], x_prev)] + [
+                    (prep.bc[j][i - 1], hist[j]) for j in range(orders[i - 1])
+                ]
+                x = lincomb(terms + [(prep.bc[K][i - 1], m)])
+                out.append(float((ev(x, prep.plan[i]) - m).norm() / m.norm()))
+            hist = [m] + hist[: K - 1]
+            x_prev = x
+            x = lincomb([(prep.a[i], x)] + [(prep.b[j][i], hist[j]) for j in range(orders[i])])
+    return out
 
 
 def best_constant(
