@@ -138,7 +138,7 @@ class DCSolver(UniPC):
     buffered output m_i is replaced, before the predictor of step i, by the degree-``dc_order`` Lagrange
     interpolant of m_i, ..., m_{i-dc_order} at t' = t_{i-1} + rho_i (t_i - t_{i-1}); 1 NFE per step.
     ``ratios`` (one per step, the first ``dc_order`` equal to 1; None: all 1, which is UniPC) come from the
-    search or the cascade polynomial regression of :mod:`companion.lab.dc`. The order check is UniPC's: it
+    search or the cascade polynomial regression of :mod:`companion.dc`. The order check is UniPC's: it
     runs with the default ratios."""
 
     dc_order: int = choice(2, (1, 2), "degree of the compensating Lagrange interpolant (official: 2)")
