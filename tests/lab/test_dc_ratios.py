@@ -38,6 +38,8 @@ def test_shipped_cells_and_cpr(shipped, name):
         r = rec["searched"][f"{n}@{float(w):g}"]
         assert check_ratios(r, n, st["dc_order"]) == tuple(r)
         assert set(rec["cost"][f"{n}@{float(w):g}"]) == {"calls", "seconds", "reference_seconds"}
+        loss = rec["loss"][f"{n}@{float(w):g}"]
+        assert len(loss["rho_one"]) == len(loss["found"]) == n - st["dc_order"]
     grid = {(n, float(w)): rec["searched"][f"{n}@{float(w):g}"] for w in st["guidances"] for n in st["nfes"]}
     refit = CPR.fit(grid, first=st["dc_order"])
     cpr = CPR.from_dict(rec["cpr"])

@@ -194,7 +194,7 @@ def search_table(
 
     x = noise(name, SEARCH_BATCH, seed)
     cells = [(n, float(w)) for w in guidances for n in nfes] + [(n, float(w)) for n, w in extra]
-    out: dict = {"searched": {}, "cost": {}}
+    out: dict = {"searched": {}, "cost": {}, "loss": {}}
     for n, w in tqdm(
         cells, desc=f"dc search ({name})", disable=not progress or bool(os.environ.get("TQDM_DISABLE"))
     ):
@@ -206,6 +206,12 @@ def search_table(
             "calls": res.calls,
             "seconds": round(res.seconds, 2),
             "reference_seconds": round(t_ref, 2),
+        }
+        # the search objective at rho = 1 and at the ratio found, on the searched steps (i >= dc_order)
+        q = SETTINGS["dc_order"]
+        out["loss"][key] = {
+            k: [float(f"{v:.4g}") for v in vals[q:]]
+            for k, vals in (("rho_one", res.loss_before), ("found", res.loss_after))
         }
     grid_table = {(n, float(w)): out["searched"][f"{n}@{float(w):g}"] for w in guidances for n in nfes}
     out["cpr"] = CPR.fit(grid_table, first=SETTINGS["dc_order"]).to_dict()
@@ -231,7 +237,8 @@ def parse_key(key: str) -> tuple[int, float]:
 
 def load_shipped(path: str | Path | None = None) -> dict:
     """The shipped searches: ``{"mixture": ..., "unet": ...}``, each with ``searched`` ("NFE@guidance" ->
-    ratios), ``cpr`` (:class:`companion.dc.CPR` as a dict), ``cost`` and ``settings``."""
+    ratios), ``cpr`` (:class:`companion.dc.CPR` as a dict), ``cost``, ``loss`` (the search objective at
+    rho = 1 and at the found ratio, per searched step) and ``settings``."""
     return json.loads(Path(path or SHIPPED).read_text())
 
 
