@@ -55,6 +55,8 @@ def render(
     ]
     for p in papers:
         title = f"[{p['title']}](https://arxiv.org/abs/{p['arxiv']})"
+        if not p.get("seed", True):
+            title += " (not a seed paper)"
         chapter = f"`{p['chapter']}`" if p.get("chapter") else "planned"
         solver = p.get("solver") or "—"
         ids = p.get("claims", [])
@@ -63,10 +65,11 @@ def render(
         lines.append(
             f"| {title} | {p['part']} | {chapter} | {solver} | {_marks(paper, verdicts)} | {_marks(other, verdicts)} |"
         )
-    covered = sum(1 for p in papers if p.get("chapter"))
+    seeds = [p for p in papers if p.get("seed", True)]  # `seed: false` rows: papers a chapter needs besides
+    covered = sum(1 for p in seeds if p.get("chapter"))
     lines += [
         "",
-        f"{covered} of {len(papers)} seed papers have a chapter so far; ⏳ marks a claim not yet executed. "
+        f"{covered} of {len(seeds)} seed papers have a chapter so far; ⏳ marks a claim not yet executed. "
         "Only paper claims count as reproduced or not; the last column holds our findings about the papers' "
         "code and our consistency checks (book/report.md has every record).",
     ]

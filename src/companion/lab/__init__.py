@@ -7,6 +7,7 @@ need not.
 * :mod:`.metrics`     sample metrics (MMD and its noise floor, W2 between sample sets)
 * :mod:`.gap`         the ODE-SDE gap of a learned score: paired samplers, residual statistics, the W2 bound
 * :mod:`.digits_metrics` Frechet distance and accuracy in the features of the project's digits classifier
+* :mod:`.dc`          chapter 10's guided targets and DC-Solver's shipped ratios (``python -m companion.lab.dc``)
 * :mod:`.data`        sklearn's digits and generated 2-D data sets
 * :mod:`.models`      the networks the project trains and ships (safetensors + cards)
 * :mod:`.train`       ``python -m companion.lab.train``: the recipes that retrain them

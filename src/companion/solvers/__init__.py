@@ -5,7 +5,8 @@ returns the solver object (a frozen dataclass whose fields are its options, each
 built), which ``companion.sample(..., solver=<object>)`` also accepts. One module per family:
 
 * exponential integrators of the probability-flow ODE: :mod:`.ddim`, :mod:`.dpm_solver` (with its
-  :mod:`.singlestep` and :mod:`.adaptive` methods), :mod:`.deis`, :mod:`.unipc`, :mod:`.usf` (per-step plans, S^3); their shared multistep
+  :mod:`.singlestep` and :mod:`.adaptive` methods), :mod:`.deis`, :mod:`.unipc` (and :mod:`.dc_solver` on
+  top of it), :mod:`.usf` (per-step plans, S^3); their shared multistep
   engine :mod:`.multistep` and maths :mod:`.base`;
 * Runge-Kutta and pseudo-numerical baselines: :mod:`.rk` (Euler, Heun), :mod:`.pndm`;
 * reverse-time SDEs (:mod:`.reverse_sde`): :mod:`.euler_maruyama`, :mod:`.ancestral`,
@@ -23,6 +24,7 @@ from . import (
     adaptive,
     ancestral,
     base,
+    dc_solver,
     ddim,
     deis,
     dpm_solver,
@@ -43,6 +45,7 @@ from . import (
 )
 from .ancestral import Ancestral
 from .base import phi
+from .dc_solver import DCSolver
 from .ddim import DDIM
 from .deis import DEIS
 from .dpm_solver import DPMSolver, DPMSolverPP
@@ -62,6 +65,7 @@ from .usf import USF
 
 __all__ = [
     "Ancestral",
+    "DCSolver",
     "DDIM",
     "DEIS",
     "DPMSolver",
@@ -89,6 +93,7 @@ __all__ = [
     "available",
     "base",
     "build",
+    "dc_solver",
     "ddim",
     "deis",
     "dpm_solver",
