@@ -24,6 +24,7 @@ from . import (
     ddim,
     deis,
     dpm_solver,
+    dpm_solver_v3,
     euler_maruyama,
     interpolant,
     mrs,
@@ -41,6 +42,7 @@ from .base import phi
 from .ddim import DDIM
 from .deis import DEIS
 from .dpm_solver import DPMSolver, DPMSolverPP
+from .dpm_solver_v3 import DPMSolverV3, ModelStatistics
 from .euler_maruyama import EulerMaruyama, forward_euler_maruyama
 from .interpolant import Interpolant
 from .mrs import MRS, MRSSDE
@@ -58,12 +60,14 @@ __all__ = [
     "DEIS",
     "DPMSolver",
     "DPMSolverPP",
+    "DPMSolverV3",
     "Euler",
     "EulerMaruyama",
     "Heun",
     "Interpolant",
     "MRS",
     "MRSSDE",
+    "ModelStatistics",
     "Option",
     "OrderCheck",
     "PNDM",
@@ -80,6 +84,7 @@ __all__ = [
     "ddim",
     "deis",
     "dpm_solver",
+    "dpm_solver_v3",
     "euler_maruyama",
     "forward_euler_maruyama",
     "get",
