@@ -556,8 +556,10 @@ def estimate_statistics(
       (as the official script); s = Cov(f, f')/Var(f) and b = E f' - s E f per dimension, s = 0 where
       Var(f) vanishes (the official fit divides unguarded).
 
-    ``data``: a tensor of clean samples (drawn with replacement) or ``data(n, generator) -> samples``.
-    ``model(x, t)`` returns ``prediction`` (converted to eps). Randomness only from ``generator``.
+    ``data``: a tensor of clean samples (drawn with replacement) or ``data(n, generator) -> samples``, or
+    ``-> (samples, c)`` for conditional data, then the model is called as ``model(x, t, c)`` (e.g. labels
+    and a guided model). ``model(x, t)`` returns ``prediction`` (converted to eps). Randomness only from
+    ``generator``; ``progress``: a tqdm bar per pass (quiet with TQDM_DISABLE=1).
     """
     from ..parameterization import convert
 
@@ -576,9 +578,14 @@ def estimate_statistics(
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     lam = torch.linspace(lo, hi, points, dtype=torch.float64)
 
+    cond: list = [None]  # the condition drawn with the current batch (conditional data)
+
     def draw(k: int) -> Tensor:
         if callable(data):
-            return data(k, gen)
+            out = data(k, gen)
+            if isinstance(out, tuple):
+                out, cond[0] = out
+            return out
         idx = torch.randint(0, data.shape[0], (k,), generator=gen)
         return data[idx]
 
@@ -586,7 +593,8 @@ def estimate_statistics(
     dtype, device = probe.dtype, probe.device
 
     def eps_fn(x: Tensor, t: Tensor) -> Tensor:
-        return convert(model(x, t), x, prediction, "eps", schedule, t)
+        out = model(x, t) if cond[0] is None else model(x, t, cond[0])
+        return convert(out, x, prediction, "eps", schedule, t)
 
     # pass 1: l
     l_mean, l_se = [], []
