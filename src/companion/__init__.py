@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import (
     adapters,
+    dc,
     fokker_planck,
     gaussian_score,
     grids,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "adapters",
+    "dc",
     "fokker_planck",
     "gaussian_score",
     "grids",

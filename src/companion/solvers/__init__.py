@@ -5,7 +5,8 @@ returns the solver object (a frozen dataclass whose fields are its options, each
 built), which ``companion.sample(..., solver=<object>)`` also accepts. One module per family:
 
 * exponential integrators of the probability-flow ODE: :mod:`.ddim`, :mod:`.dpm_solver` (with its
-  :mod:`.singlestep` and :mod:`.adaptive` methods), :mod:`.deis`, :mod:`.unipc`; their shared multistep
+  :mod:`.singlestep` and :mod:`.adaptive` methods), :mod:`.deis`, :mod:`.unipc` (and :mod:`.dc_solver` on
+  top of it); their shared multistep
   engine :mod:`.multistep` and maths :mod:`.base`;
 * Runge-Kutta and pseudo-numerical baselines: :mod:`.rk` (Euler, Heun), :mod:`.pndm`;
 * reverse-time SDEs (:mod:`.reverse_sde`): :mod:`.euler_maruyama`, :mod:`.ancestral`,
@@ -21,6 +22,7 @@ from . import (
     adaptive,
     ancestral,
     base,
+    dc_solver,
     ddim,
     deis,
     dpm_solver,
@@ -39,6 +41,7 @@ from . import (
 )
 from .ancestral import Ancestral
 from .base import phi
+from .dc_solver import DCSolver
 from .ddim import DDIM
 from .deis import DEIS
 from .dpm_solver import DPMSolver, DPMSolverPP
@@ -56,6 +59,7 @@ from .unipc import UniPC
 
 __all__ = [
     "Ancestral",
+    "DCSolver",
     "DDIM",
     "DEIS",
     "DPMSolver",
@@ -81,6 +85,7 @@ __all__ = [
     "available",
     "base",
     "build",
+    "dc_solver",
     "ddim",
     "deis",
     "dpm_solver",
