@@ -241,7 +241,7 @@ def _pieces(breaks: Tensor) -> Tensor:
     """``breaks`` (sorted) refined so that no piece is longer than MAX_PIECE."""
     out = [breaks[:1]]
     for a, c in zip(breaks[:-1].tolist(), breaks[1:].tolist(), strict=True):
-        k = max(1, math.ceil((c - a) / MAX_PIECE))
+        k = max(1, math.ceil(abs(c - a) / MAX_PIECE))
         out.append(torch.linspace(a, c, k + 1, dtype=torch.float64)[1:])
     return torch.cat(out)
 
@@ -306,7 +306,9 @@ class _Integrals:
         estimate g^(k)/k! = g[nodes_0..nodes_k] (paper eqs. 15-16)."""
         h = lam_t - lam_s
         ls = torch.tensor([lam_s, lam_t], dtype=torch.float64)
-        pieces = _pieces(torch.cat([ls[:1], self.knots[(self.knots > lam_s) & (self.knots < lam_t)], ls[1:]]))
+        lo, hi = min(lam_s, lam_t), max(lam_s, lam_t)  # h < 0 when cp.invert runs the grid upwards
+        inner = self.knots[(self.knots > lo) & (self.knots < hi)]
+        pieces = _pieces(torch.cat([ls[:1], inner if h > 0 else inner.flip(0), ls[1:]]))
         q, w = _gauss(pieces[:-1], pieces[1:])
         q, w = q.reshape(-1), w.reshape(-1)
         at = torch.cat([ls, q, torch.tensor(nodes, dtype=torch.float64)])
