@@ -182,8 +182,7 @@ class ModelStatistics:
 
             return fn
 
-        fns = (interp(flat[0]), interp(flat[1]), interp(flat[2]))
-        return fns
+        return interp(flat[0]), interp(flat[1]), interp(flat[2])
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
