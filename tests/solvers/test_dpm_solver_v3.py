@@ -259,3 +259,19 @@ def test_invert_runs_the_grid_upwards():
     coarse = cp.invert(model, cp.sample(model, x, solver="dpmsolver-v3", steps=20, **kw), solver="dpmsolver-v3",
                        steps=20, **kw)  # fmt: skip
     assert back < 1e-3 < float((coarse - x).abs().max())
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(), "exactly one of lam_range and t_range"),
+        (dict(lam_range=(0.0, 1.0), t_range=(1.0, 0.1)), "exactly one of lam_range and t_range"),
+        (dict(lam_range=(1.0, 1.0)), "two different finite"),
+        (dict(lam_range=(0.0, 1.0), points=1), "points must be an int >= 2"),
+        (dict(lam_range=(0.0, 1.0), samples=1), "samples must be an int >= 2"),
+    ],
+)
+def test_estimation_refuses_bad_arguments(kwargs, match):
+    g = cp.targets.Gaussian(torch.zeros(2, dtype=torch.float64), 1.0)
+    with pytest.raises(ValueError, match=match):
+        estimate_statistics(g.model(VP, "eps"), VP, g.sample(8), progress=False, **kwargs)
