@@ -28,6 +28,7 @@ from . import (
     ddim,
     deis,
     dpm_solver,
+    dpm_solver_v3,
     euler_maruyama,
     interpolant,
     momentum,
@@ -49,6 +50,7 @@ from .dc_solver import DCSolver
 from .ddim import DDIM
 from .deis import DEIS
 from .dpm_solver import DPMSolver, DPMSolverPP
+from .dpm_solver_v3 import DPMSolverV3, ModelStatistics
 from .euler_maruyama import EulerMaruyama, forward_euler_maruyama
 from .interpolant import Interpolant
 from .momentum import GHVB, PLMSHeavyBall
@@ -70,6 +72,7 @@ __all__ = [
     "DEIS",
     "DPMSolver",
     "DPMSolverPP",
+    "DPMSolverV3",
     "Euler",
     "GHVB",
     "EulerMaruyama",
@@ -77,6 +80,7 @@ __all__ = [
     "Interpolant",
     "MRS",
     "MRSSDE",
+    "ModelStatistics",
     "Option",
     "OrderCheck",
     "PLMSHeavyBall",
@@ -97,6 +101,7 @@ __all__ = [
     "ddim",
     "deis",
     "dpm_solver",
+    "dpm_solver_v3",
     "euler_maruyama",
     "forward_euler_maruyama",
     "get",
