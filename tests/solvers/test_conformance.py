@@ -417,17 +417,7 @@ def record(report):
     return lambda key, value: report(SECTION, key, value)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread while this module runs (restored after): its tensors are small, and on a busy
-    machine (pytest-xdist workers, other jobs) torch's thread pool made the Brownian-path draws of the
-    strong-order fits 30-60x slower (28.8 s against 0.47 s for one fit)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_is_not_empty_and_every_solver_has_configurations():

@@ -18,14 +18,7 @@ VP = cp.schedules.VPLinear()
 T_END = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mixture_problem(d=2, seed=1):
