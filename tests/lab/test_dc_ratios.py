@@ -62,3 +62,25 @@ def test_misalignment_is_the_corrected_minus_the_stored_prediction():
     assert max(labdc.misalignment(labdc.target("mixture", 1.0, 4), x, 5)) < max(
         labdc.misalignment(labdc.target("mixture", 7.5, 4), x, 5)
     )
+
+
+def test_chapter_11_ratios_are_shipped_valid_and_packaged():
+    """Chapter 11's digits ratios (log-SNR grids, guidance 4): one valid ratio per step for every NFE the
+    chapter uses, their search cost and settings recorded, and matched by package-data."""
+    v3 = labdc.load_v3_digits()
+    assert labdc.V3_SHIPPED.stat().st_size < 16 * 1024 and v3["command"] == "python -m companion.lab.dc --v3"
+    assert sorted(int(n) for n in v3["ratios"]) == sorted(labdc.V3_NFES)
+    for n, r in v3["ratios"].items():
+        assert check_ratios(r, int(n), 2) == tuple(r)
+    assert v3["calls"] > 0 and v3["seconds"] > 0 and v3["settings"]["grid"] == "logsnr"
+    line = re.search(r"^companion = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    rel = labdc.V3_SHIPPED.relative_to(ROOT / "src" / "companion").as_posix()
+    assert any(Path(rel).match(g) for g in re.findall(r'"([^"]+)"', line))
+
+
+def test_chapter_11_search_is_reproducible_at_a_tiny_size():
+    """What `python -m companion.lab.dc --v3` runs, at a tiny size: the same call gives the same ratios."""
+    kw = dict(batch=2, iters=2, fine=2)
+    a, b = labdc.search_v3_digits((5,), **kw), labdc.search_v3_digits((5,), **kw)
+    assert a["ratios"] == b["ratios"] and len(a["ratios"]["5"]) == 5
+    assert a["settings"]["batch"] == 2 and a["calls"] > 0

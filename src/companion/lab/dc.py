@@ -45,6 +45,9 @@ __all__ = [
     "best_constant",
     "search_table",
     "load_shipped",
+    "V3_SHIPPED",
+    "search_v3_digits",
+    "load_v3_digits",
     "main",
 ]
 
@@ -57,6 +60,9 @@ NFES, GUIDANCES, HELD_OUT = (5, 6, 8, 10), (1.5, 3.0, 5.0, 7.5, 9.0), (7, 6.0)
 EXTRA = (HELD_OUT, (15, 7.5), (20, 7.5))
 FINE = 20  # DPM-Solver++(3M) steps per grid segment of the UNet's reference trajectory
 SHIPPED = Path(__file__).with_name("dc_ratios.json")
+#: chapter 11's ratios: the digits UNet at guidance 4 on log-SNR grids (``python -m companion.lab.dc --v3``)
+V3_SHIPPED = Path(__file__).with_name("results") / "dc_ratios_v3_digits.json"
+V3_NFES = (5, 6, 8, 10, 15, 20)
 
 
 class Target:
@@ -242,16 +248,102 @@ def load_shipped(path: str | Path | None = None) -> dict:
     return json.loads(Path(path or SHIPPED).read_text())
 
 
+def search_v3_digits(
+    nfes: Sequence[int] = V3_NFES,
+    *,
+    guidance: float = 4.0,
+    batch: int = 10,
+    iters: int = 15,
+    fine: int = 20,
+    seed: int = 6,
+    t_start: float = 1.0,
+    t_end: float = 1e-3,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict:
+    """Chapter 11's DC-Solver ratios: the shipped digits UNet under classifier-free guidance ``guidance``
+    (labels ``i % 10``), log-SNR grids from ``t_start`` to ``t_end`` (the grid its v3 comparison uses; a ratio
+    moves an output along the grid's own times, so chapter 10's time-uniform ratios do not carry over),
+    searched per NFE on ``batch`` noises (float32, ``torch.Generator().manual_seed(seed)``) against fine
+    DPM-Solver++(3M) trajectories (``fine`` steps per grid segment), ``iters`` AdamW iterations per step,
+    lower-order final steps below 15 steps as in sampling. Returns ``{"ratios": {nfe: [...]}, "calls",
+    "seconds", "settings"}``."""
+    from .models import load
+
+    net = load("digits-unet-eps", device=device).to(torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(batch, 1, 8, 8, generator=g, dtype=torch.float32).to(device)
+    model = net.cond((torch.arange(batch) % 10).to(device), guidance=guidance)
+    out: dict = {"ratios": {}, "calls": 0, "seconds": 0.0}
+    for n in nfes:
+        grid = grids.logsnr(net.schedule, t_start, t_end, n)
+        ref = reference_states(
+            model,
+            x_T,
+            schedule=net.schedule,
+            timesteps=grid,
+            prediction=net.prediction,
+            method="fine",
+            fine=fine,
+        )
+        res = search_ratios(
+            model,
+            x_T,
+            ref,
+            schedule=net.schedule,
+            timesteps=grid,
+            prediction=net.prediction,
+            iters=iters,
+            lower_order_final=n < 15,
+            progress=progress,
+        )
+        out["ratios"][str(n)] = [float(r) for r in res.ratios]
+        out["calls"] += res.calls + n * fine
+        out["seconds"] += res.seconds
+    out["settings"] = dict(
+        guidance=guidance,
+        batch=batch,
+        iters=iters,
+        fine=fine,
+        seed=seed,
+        t_start=t_start,
+        t_end=t_end,
+        grid="logsnr",
+    )
+    return out
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder (never half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def load_v3_digits(path: str | Path | None = None) -> dict:
+    """The shipped :func:`search_v3_digits` result (ratios keyed by NFE as a string)."""
+    return json.loads(Path(path or V3_SHIPPED).read_text())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m companion.lab.dc [--out PATH] [--targets mixture unet]``: re-run the searches and write
-    the shipped file."""
+    the shipped file; ``--v3``: chapter 11's search instead (:func:`search_v3_digits`, to ``V3_SHIPPED``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(SHIPPED))
+    ap.add_argument("--out", default=None)
     ap.add_argument("--targets", nargs="+", default=["mixture", "unet"], choices=["mixture", "unet"])
+    ap.add_argument("--v3", action="store_true", help="chapter 11's digits ratios on log-SNR grids")
     args = ap.parse_args(argv)
+    if args.v3:
+        payload = search_v3_digits()
+        payload["command"] = "python -m companion.lab.dc --v3"
+        out = Path(args.out or V3_SHIPPED)
+        _write_json(out, payload)
+        print(f"wrote {out}: {payload['calls']} model calls, {payload['seconds']:.0f} s")
+        return
+    args.out = args.out or str(SHIPPED)
     payload = {name: search_table(name) for name in args.targets}
     payload["command"] = "python -m companion.lab.dc"
-    Path(args.out).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    _write_json(Path(args.out), payload)
     print(f"wrote {args.out}")
 
 
