@@ -352,8 +352,11 @@ def _loop_fused(
         pred = big[R + 2].view(x.shape)
     else:
         ring = torch.zeros((R, numel), dtype=x.dtype, device=x.device)
+    slots = [row.view(x.shape) for row in ring.unbind(0)]  # views made once, not per step
+    rows_ = coef.unbind(0)
+    x2 = None  # the predictor-only state as one row
     for i in range(n):
-        slot = ring[i % R].view(x.shape)
+        slot = slots[i % R]
         u, c, fresh = ev.scaled_into(x, prep.plan[i], slot)
         if i == 0 and u.requires_grad:
             return _loop_terms(_Replay(ev, (u, c, fresh)), x, orders, prep, hook=hook)  # type: ignore[arg-type]
@@ -364,16 +367,16 @@ def _loop_fused(
         if corr:
             if i == 0:
                 big[0].copy_(x.reshape(-1))
-            torch.mm(coef[i], ins[i % 2], out=outs[i % 2])
+            torch.mm(rows_[i], ins[i % 2], out=outs[i % 2])
             x = pred
         else:
-            if i == 0:
+            if x2 is None:
                 x = x.contiguous().clone()
-            x.view(1, numel).addmm_(coef[i], ring, beta=prep.a[i])
+                x2 = x.view(1, numel)
+            x2.addmm_(rows_[i], ring, beta=prep.a[i])
         if hook is not None:
-            x.copy_(
-                hook(i, x.clone())
-            )  # the callback may have changed its copy in place; no sync to find out
+            # the callback may have changed its copy in place; no sync to find out
+            x.copy_(hook(i, x.clone()))
     return x.clone() if corr else x
 
 
