@@ -12,6 +12,7 @@ which the chapter also runs with ``FULL=True``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -138,5 +139,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     out = tune_time_shift()
     TUNING_FILE.parent.mkdir(parents=True, exist_ok=True)
-    TUNING_FILE.write_text(json.dumps(out, indent=1) + "\n")
+    tmp = TUNING_FILE.with_name(TUNING_FILE.name + ".tmp")  # never a half-written shipped file
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    os.replace(tmp, TUNING_FILE)
     print(f"wrote {TUNING_FILE} ({out['seconds']:.0f} s)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -321,7 +322,9 @@ def save(path: str | Path, cand: Candidate, **meta: Any) -> Path:
     """Write ``cand`` and ``meta`` (JSON-able: fitness, NFE, how it was found, the command) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"candidate": cand.to_dict(), "meta": meta}, separators=(",", ":")) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a half-written file
+    tmp.write_text(json.dumps({"candidate": cand.to_dict(), "meta": meta}, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
     return path
 
 

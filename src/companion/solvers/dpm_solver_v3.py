@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -196,9 +197,9 @@ class ModelStatistics:
         if self.l_se is not None:
             t["l_se"] = self.l_se.float()
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in t.items()}, str(path), metadata={"meta": json.dumps(self.meta)}
-        )
+        tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a half-written file
+        save_file({k: v.contiguous() for k, v in t.items()}, str(tmp), metadata={"meta": json.dumps(self.meta)})
+        os.replace(tmp, path)
         return path
 
     @classmethod
