@@ -198,7 +198,9 @@ class ModelStatistics:
             t["l_se"] = self.l_se.float()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a half-written file
-        save_file({k: v.contiguous() for k, v in t.items()}, str(tmp), metadata={"meta": json.dumps(self.meta)})
+        save_file(
+            {k: v.contiguous() for k, v in t.items()}, str(tmp), metadata={"meta": json.dumps(self.meta)}
+        )
         os.replace(tmp, path)
         return path
 
