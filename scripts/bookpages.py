@@ -205,6 +205,8 @@ def write_report(dest: Path, claims_dir: Path, verdicts_file: Path, chapters_dir
         "(`companion.lab.claims`); `make book` writes this page from that ledger. Every paper claim has a",
         "negative control (the same criterion on an input that must fail it) that came out False, and every",
         "verdict matches the reviewed one in `book/verdicts.json`: a change in either direction fails the build.",
+        "The exception is a wall-clock claim (marked `timing` there): its verdict depends on the machine and its",
+        "load, so it is shown as measured, and its note says when the reviewed runs measured otherwise.",
         "",
         f"**{len(paper)} paper claims:** {count[True]} reproduced, {count[False]} did not reproduce, "
         f"{count[None]} not decidable at our scale. Beside them: {_n(others['finding'], 'finding')} of ours and "

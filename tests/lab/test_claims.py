@@ -26,6 +26,7 @@ def ledger(tmp_path, monkeypatch):
             "p.fails": {"kind": "paper", "expected": False, "reason": "needs CIFAR-10 scale"},
             "p.quick": {"kind": "paper", "expected": True, "quick": None, "reason": "quick sizes too small"},
             "c.check": {"kind": "check", "expected": True},
+            "t.wall": {"kind": "check", "expected": None, "reason": "loaded machine", "timing": True},
         },
     )
     claims.chapter("99_test")
@@ -127,6 +128,7 @@ def test_without_a_verdicts_file_only_the_control_is_enforced(ledger, monkeypatc
         {"kind": "claim", "expected": True},
         {"kind": "paper", "expected": "yes", "reason": "r"},
         {"kind": "paper"},
+        {"kind": "check", "expected": True, "timing": "yes"},
     ],
 )
 def test_verdicts_file_is_validated(tmp_path, entry):
@@ -203,3 +205,24 @@ def test_bad_chapter_name():
             claims.chapter(bad)
     with pytest.raises(TypeError):
         claims.chapter("01_x", quick="yes")
+
+
+@pytest.mark.parametrize("measured_holds", [True, False])
+def test_a_wall_clock_claim_is_reported_as_measured_not_enforced(ledger, measured_holds):
+    """A "timing" claim's verdict depends on the machine: a difference is recorded and warned about, and the
+    note says what the reviewed runs measured; a matching verdict leaves the note alone."""
+    claims.state("t.wall", kind="check", paper="p", claim="Fast.", criterion="ratio < 2")
+    with pytest.warns(UserWarning, match=f"measured holds={measured_holds}, reviewed runs None"):
+        e = claims.record("t.wall", measured=1.3, holds=measured_holds, note="one thread")
+    assert e["holds"] is measured_holds
+    written = json.loads(ledger.read_text())[0]
+    assert written["holds"] is measured_holds
+    assert "this machine measured holds=" in written["note"] and written["note"].startswith("one thread")
+    e = claims.record("t.wall", measured=2.0, holds=None, note="undecided")
+    assert e["note"] == "undecided"
+
+
+def test_a_wall_clock_claim_still_enforces_its_control(ledger):
+    claims.state("t.wall", kind="check", paper="p", claim="Fast.", criterion="ratio < 2")
+    with pytest.raises(claims.ControlPassed):
+        claims.record("t.wall", measured=1.3, holds=True, control=True, control_note="the peer against itself")
