@@ -225,4 +225,6 @@ def test_a_wall_clock_claim_is_reported_as_measured_not_enforced(ledger, measure
 def test_a_wall_clock_claim_still_enforces_its_control(ledger):
     claims.state("t.wall", kind="check", paper="p", claim="Fast.", criterion="ratio < 2")
     with pytest.raises(claims.ControlPassed):
-        claims.record("t.wall", measured=1.3, holds=True, control=True, control_note="the peer against itself")
+        claims.record(
+            "t.wall", measured=1.3, holds=True, control=True, control_note="the peer against itself"
+        )
