@@ -62,6 +62,8 @@ from torch import Tensor
 
 from . import grids
 from . import solvers as S
+from ._io import TMP_PREFIX as _TMP
+from ._io import write_atomic as _write_atomic
 from .noise import PerSampleNoise
 from .parameterization import classifier_free_guidance, dynamic_threshold
 from .sampling import _LOF
@@ -77,7 +79,6 @@ _FORMATS = {"safetensors": ".safetensors", "pt": ".pt"}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _SEED_LIMIT = 1 << 31
 _INDEX_LIMIT = 1 << 32
-_TMP = ".tmp-"
 
 
 class GenerateError(ValueError):
@@ -471,22 +472,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes, crash_check: Callable[[], None] | None = None) -> None:
-    """Write ``data`` to a temporary file in ``path``'s folder, flush it to disk, then rename it."""
-    tmp = path.with_name(f"{_TMP}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if crash_check is not None:
-            crash_check()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _encode(fmt: str, tensors: dict[str, Tensor]) -> bytes:

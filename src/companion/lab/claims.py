@@ -38,11 +38,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from .._io import write_atomic
 
 __all__ = [
     "KINDS",
@@ -180,12 +181,7 @@ def _jsonable(x: Any) -> Any:
 def _write(name: str, claims: list[dict]) -> None:
     d = claims_dir()
     d.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary file and rename, so a crash never leaves half a ledger.
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(claims, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, d / f"{name}.json")
+    write_atomic(d / f"{name}.json", json.dumps(claims, indent=2) + "\n")  # never half a ledger
 
 
 def load_claims(name: str | None = None) -> list[dict]:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import grids
+from .._io import write_atomic
 from ..dc import CPR, reference_states, search_ratios
 from ..sampling import sample
 from ..schedules import Schedule
@@ -314,10 +315,8 @@ def search_v3_digits(
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder (never half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write ``payload`` to ``path`` whole (:func:`companion._io.write_atomic`)."""
+    write_atomic(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 def load_v3_digits(path: str | Path | None = None) -> dict:

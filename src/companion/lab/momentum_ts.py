@@ -12,7 +12,6 @@ which the chapter also runs with ``FULL=True``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import Tensor
 
 import companion as cp
 
+from .._io import write_atomic
 from . import digits_metrics
 from .data import digits
 from .models import load
@@ -139,7 +139,5 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     out = tune_time_shift()
     TUNING_FILE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = TUNING_FILE.with_name(TUNING_FILE.name + ".tmp")  # never a half-written shipped file
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, TUNING_FILE)
+    write_atomic(TUNING_FILE, json.dumps(out, indent=1) + "\n")
     print(f"wrote {TUNING_FILE} ({out['seconds']:.0f} s)")

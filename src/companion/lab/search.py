@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import grids
+from .._io import write_atomic
 from ..sampling import sample
 from ..schedules import Schedule
 from ..solvers import multistep as ms
@@ -322,10 +322,9 @@ def save(path: str | Path, cand: Candidate, **meta: Any) -> Path:
     """Write ``cand`` and ``meta`` (JSON-able: fitness, NFE, how it was found, the command) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a half-written file
-    tmp.write_text(json.dumps({"candidate": cand.to_dict(), "meta": meta}, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(
+        path, json.dumps({"candidate": cand.to_dict(), "meta": meta}, separators=(",", ":")) + "\n"
+    )
 
 
 def load(path: str | Path) -> tuple[Candidate, dict[str, Any]]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._io import write_atomic
 from . import multistep as ms
 from .problem import Problem
 from .registry import Option, OrderCheck, Solver, choice, flag, option, register
@@ -190,19 +190,17 @@ class ModelStatistics:
         """Write the tables as float32 safetensors (``lam`` float64), ``meta`` as JSON metadata."""
         if self._fns is not None:
             raise ValueError("analytic statistics have no tables to save")
-        from safetensors.torch import save_file
+        from safetensors.torch import save as to_bytes
 
         path = Path(path)
         t = {"lam": self.lam, "l": self.l.float(), "s": self.s.float(), "b": self.b.float()}
         if self.l_se is not None:
             t["l_se"] = self.l_se.float()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a half-written file
-        save_file(
-            {k: v.contiguous() for k, v in t.items()}, str(tmp), metadata={"meta": json.dumps(self.meta)}
+        return write_atomic(
+            path,
+            to_bytes({k: v.contiguous() for k, v in t.items()}, metadata={"meta": json.dumps(self.meta)}),
         )
-        os.replace(tmp, path)
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> ModelStatistics:
